@@ -1,0 +1,37 @@
+# One-command set-up: every target bootstraps what it needs on a fresh machine.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean deps
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VPY) -m dfproxy run $(ARGS)
+
+# System packages the tests drive for real (curl as the client, jq for the seeds' commands).
+deps:
+	@command -v curl >/dev/null && command -v jq >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq; }
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dfproxy tests bench
+	$(VENV)/bin/ruff format --check dfproxy tests bench
+	$(VENV)/bin/mypy
+
+test: $(STAMP) deps lint
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VPY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

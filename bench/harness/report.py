@@ -1,0 +1,174 @@
+"""Markdown and JSON reports of a benchmark run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from harness.scenarios import Cell, Scenario
+
+CAVEATS = (
+    "nginx: `proxy_pass http://$http_host$request_uri` (a variable proxy_pass, the only way to "
+    "forward to any host) cannot use an `upstream {}` keepalive pool, so nginx opens a new "
+    "connection to the origin for every proxied request. That is what nginx users get; stock "
+    "nginx has no CONNECT either.",
+    "Squid rejects origin-form requests on a forward-proxy port (it needs `accel` mode), so "
+    "keepalive-host is n/a for it. Squid resolves A and AAAA for each name.",
+    "HAProxy: the destination comes from `do-resolve` + `set-dst`; a do-resolve answer is "
+    "shared only while a resolution for that name is in flight (it is not kept for `hold "
+    "valid`), so HAProxy queries DNS on most requests to a name. HAProxy has no CONNECT "
+    "tunnelling of its own.",
+    "wrk counts HTTP status >= 400 as errors (plus socket errors and timeouts); a cell with "
+    "more than 1% errors is marked invalid, a scenario whose probe request fails is n/a.",
+    "DNS q/1k: DNS queries received per 1,000 requests over probe + warm-up + measured run; "
+    "floor: one query per distinct name in that time (a cache that keeps every name for the "
+    "300 s TTL).",
+)
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def throughput(cell: Cell | None) -> float | None:
+    if cell is None or cell.status != "ok":
+        return None
+    return cell.mbps if cell.mbps is not None else cell.rps
+
+
+def _matrix_entry(cell: Cell | None) -> str:
+    if cell is None:
+        return "-"
+    if cell.status == "ok":
+        return _num(throughput(cell))
+    if cell.status == "invalid":
+        return f"invalid ({_num(throughput_any(cell))})"
+    return cell.status
+
+
+def throughput_any(cell: Cell) -> float | None:
+    return cell.mbps if cell.mbps is not None else cell.rps
+
+
+def _unit(scenario: Scenario) -> str:
+    return "MB/s" if scenario.kind == "bulk" else "req/s"
+
+
+def _index(cells: Sequence[Cell]) -> dict[tuple[str, str], Cell]:
+    return {(c.scenario, c.peer): c for c in cells}
+
+
+def matrix_table(cells: Sequence[Cell], scenarios: Sequence[Scenario], peers: list[str]) -> str:
+    idx = _index(cells)
+    lines = [
+        "| scenario | unit | " + " | ".join(peers) + " |",
+        "|---|---|" + "---:|" * len(peers),
+    ]
+    for sc in scenarios:
+        row = [_matrix_entry(idx.get((sc.name, p))) for p in peers]
+        lines.append(f"| {sc.name} | {_unit(sc)} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _detail_row(cell: Cell) -> str:
+    dns = "-"
+    if cell.dns_per_1k is not None:
+        dns = _num(cell.dns_per_1k, 1)
+        if cell.dns_floor_per_1k is not None:
+            dns += f" (floor {_num(cell.dns_floor_per_1k, 1)})"
+    errors = "-" if cell.errors is None else _num(cell.errors)
+    if cell.error_pct:
+        errors += f" ({cell.error_pct:.2f}%)"
+    cols = [
+        cell.scenario,
+        cell.peer,
+        cell.status,
+        _num(cell.rps),
+        _num(cell.p50_ms, 2),
+        _num(cell.p99_ms, 2),
+        _num(cell.mbps),
+        errors,
+        dns,
+        cell.note.replace("|", "/").replace("\n", " "),
+    ]
+    return "| " + " | ".join(cols) + " |"
+
+
+def detail_table(cells: Sequence[Cell]) -> str:
+    head = (
+        "| scenario | peer | status | req/s | p50 ms | p99 ms | MB/s | errors | DNS q/1k req "
+        "| note |\n|---|---|---|---:|---:|---:|---:|---:|---:|---|"
+    )
+    return "\n".join([head, *(_detail_row(c) for c in cells)])
+
+
+def _ratio(a: Cell | None, b: Cell | None) -> str:
+    ta, tb = throughput(a), throughput(b)
+    if ta is None or tb is None or tb == 0:
+        return "-"
+    return f"{ta / tb:.2f}"
+
+
+def ratio_table(cells: Sequence[Cell], scenarios: Sequence[Scenario], peers: list[str]) -> str:
+    others = [p for p in peers if p != "dfproxy"]
+    idx = _index(cells)
+    heads = [f"dfproxy/{p}" for p in others]
+    lines = ["| scenario | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for sc in scenarios:
+        mine = idx.get((sc.name, "dfproxy"))
+        row = [_ratio(mine, idx.get((sc.name, p))) for p in others]
+        lines.append(f"| {sc.name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _meta_lines(meta: dict[str, object]) -> list[str]:
+    machine = meta["machine"]
+    assert isinstance(machine, dict)
+    versions = machine.get("versions", {})
+    assert isinstance(versions, dict)
+    return [
+        f"- Run: {meta['started']} (took {meta['elapsed_s']:.0f} s), `{meta['command']}`",
+        f"- Machine: nproc={machine['nproc']}, CPU: {machine['cpu_model']}, "
+        f"kernel {machine['kernel']}, Python {machine['python']}",
+        f"- Pinning: {meta['pinning']}",
+        f"- Load: {meta['load']}",
+        f"- DNS server: {meta['dns']}",
+        "- Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()),
+    ]
+
+
+def render_markdown(
+    meta: dict[str, object],
+    cells: Sequence[Cell],
+    scenarios: Sequence[Scenario],
+    peers: list[str],
+    notes: Sequence[str],
+) -> str:
+    parts = [
+        "# dfproxy benchmark",
+        "\n".join(_meta_lines(meta)),
+        "## Throughput (req/s, or MB/s = 10^6 B/s for bulk)",
+        matrix_table(cells, scenarios, peers),
+        "## Details",
+        detail_table(cells),
+    ]
+    if "dfproxy" in peers:
+        parts += ["## Ratios (dfproxy throughput / other)", ratio_table(cells, scenarios, peers)]
+    parts += ["## Scenarios", "\n".join(f"- `{s.name}`: {s.summary}" for s in scenarios)]
+    parts += ["## Notes", "\n".join(f"- {n}" for n in [*notes, *CAVEATS])]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_results(
+    results_dir: Path, markdown: str, meta: dict[str, object], cells: Sequence[Cell]
+) -> tuple[Path, Path]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    md_path, json_path = results_dir / "latest.md", results_dir / "latest.json"
+    md_path.write_text(markdown)
+    payload = {"meta": meta, "cells": [asdict(c) for c in cells]}
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    return md_path, json_path

@@ -1,0 +1,5 @@
+import sys
+
+from dfproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Asynchronous name resolution: the c-ares resolver and the DNS cache on top of it."""

@@ -1,0 +1,162 @@
+"""c-ares through aiodns: the only way dfproxy resolves names (no blocking getaddrinfo).
+
+The resolver turns a name and an Envoy lookup family into a list of addresses with the TTL
+of the first record, and translates c-ares errors into DnsError with c-ares' own wording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiodns
+import pycares
+
+# Envoy's Cluster.DnsLookupFamily names (Gloo uses the same names).
+V4_ONLY = "V4_ONLY"
+V6_ONLY = "V6_ONLY"
+AUTO = "AUTO"
+V4_PREFERRED = "V4_PREFERRED"
+ALL = "ALL"
+LOOKUP_FAMILIES = (V4_ONLY, V6_ONLY, AUTO, V4_PREFERRED, ALL)
+
+Address = tuple[str, int]  # (ip, family)
+
+
+class DnsError(Exception):
+    """Resolution failed; ``reason`` is short and stable (used in response details)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ResolverOptions:
+    """How c-ares is set up: explicit servers (``host:port``) or the system's resolv.conf."""
+
+    servers: Sequence[str] = field(default_factory=tuple)
+    use_tcp: bool = False
+    no_default_search_domain: bool = False
+    # c-ares' own per-try timeout and tries; Envoy's dns_query_timeout bounds the whole query.
+    timeout: float = 2.0
+    tries: int = 3
+
+
+@dataclass(frozen=True)
+class Resolution:
+    addresses: list[Address]
+    ttl: int  # seconds, of the first record
+
+
+def _normalise_server(server: str) -> str:
+    # c-ares takes "ip", "ip:port" and "[ipv6]:port".
+    return server.strip()
+
+
+def _interleave(addresses: list[Address]) -> list[Address]:
+    """RFC 8305 §4: alternate address families, starting with the first one returned."""
+    if len(addresses) < 2:
+        return addresses
+    first = [a for a in addresses if a[1] == addresses[0][1]]
+    other = [a for a in addresses if a[1] != addresses[0][1]]
+    out: list[Address] = []
+    for i in range(max(len(first), len(other))):
+        if i < len(first):
+            out.append(first[i])
+        if i < len(other):
+            out.append(other[i])
+    return out
+
+
+class Resolver:
+    """Resolves names on the running loop with c-ares."""
+
+    def __init__(self, options: ResolverOptions, loop: asyncio.AbstractEventLoop) -> None:
+        flags = 0
+        if options.use_tcp:
+            flags |= pycares.ARES_FLAG_USEVC
+        if options.no_default_search_domain:
+            flags |= pycares.ARES_FLAG_NOSEARCH
+        kwargs: dict[str, Any] = {"timeout": options.timeout, "tries": options.tries}
+        if flags:
+            kwargs["flags"] = flags
+        servers = [_normalise_server(s) for s in options.servers] or None
+        self._aiodns = aiodns.DNSResolver(nameservers=servers, loop=loop, **kwargs)
+        self.options = options
+
+    def close(self) -> None:
+        """Release the c-ares channel."""
+        try:
+            self._aiodns.cancel()
+        except Exception:
+            pass
+
+    async def _query(self, host: str, family: socket.AddressFamily) -> Resolution:
+        try:
+            result = await self._aiodns.getaddrinfo(host, family=family)
+        except aiodns.error.DNSError as exc:
+            code = exc.args[0] if exc.args else None
+            raise DnsError(_reason(code)) from None
+        addresses: list[Address] = []
+        ttl = 0
+        for node in result.nodes:
+            if node.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = node.addr[0]
+            address = (ip.decode() if isinstance(ip, bytes) else ip, int(node.family))
+            if address not in addresses:
+                if not addresses:
+                    ttl = max(0, int(node.ttl))
+                addresses.append(address)
+        return Resolution(addresses, ttl)
+
+    async def resolve(self, host: str, lookup_family: str) -> Resolution:
+        """Resolve ``host`` per Envoy's DnsLookupFamily. Raises DnsError.
+
+        AUTO asks for IPv6 and falls back to IPv4; V4_PREFERRED the reverse (Envoy: the
+        second family is used only when the first yields no address). ALL returns both,
+        interleaved for Happy Eyeballs.
+        """
+        if lookup_family == V4_ONLY:
+            return await self._query(host, socket.AF_INET)
+        if lookup_family == V6_ONLY:
+            return await self._query(host, socket.AF_INET6)
+        if lookup_family == ALL:
+            res = await self._query(host, socket.AF_UNSPEC)
+            return Resolution(_interleave(res.addresses), res.ttl)
+        first, second = (
+            (socket.AF_INET6, socket.AF_INET)
+            if lookup_family == AUTO
+            else (socket.AF_INET, socket.AF_INET6)
+        )
+        try:
+            res = await self._query(host, first)
+            if res.addresses:
+                return res
+        except DnsError as exc:
+            if exc.reason not in ("no_data", "not_found"):
+                raise
+        return await self._query(host, second)
+
+
+_ARES_REASONS = {
+    pycares.errno.ARES_ENOTFOUND: "not_found",
+    pycares.errno.ARES_ENODATA: "no_data",
+    pycares.errno.ARES_ESERVFAIL: "server_failure",
+    pycares.errno.ARES_EREFUSED: "refused",
+    pycares.errno.ARES_ETIMEOUT: "timeout",
+    pycares.errno.ARES_ECONNREFUSED: "connection_refused",
+    pycares.errno.ARES_EBADRESP: "bad_response",
+    pycares.errno.ARES_ECANCELLED: "cancelled",
+    pycares.errno.ARES_EDESTRUCTION: "cancelled",
+}
+
+
+def _reason(code: object) -> str:
+    if isinstance(code, int):
+        return _ARES_REASONS.get(code, f"ares_error_{code}")
+    return "resolver_error"

@@ -1,0 +1,417 @@
+"""The downstream connection: HTTP/1.x server codec (httptools/llhttp) and its streams.
+
+Connection states:
+    HTTP     the parser reads requests; each complete head becomes a Stream. Streams are
+             answered strictly in order (pipelining, RFC 9112 §9.3.2): only ``streams[0]``
+             runs; later ones wait QUEUED with reading paused.
+    STOPPED  the parser handed over at CONNECT or Upgrade (llhttp stops there); bytes after
+             the head are held until the stream decides: a tunnel takes them, otherwise a
+             fresh parser reads them as the next request.
+    TUNNEL   raw bytes to and from the stream's upstream, with half-close.
+    CLOSED   transport gone; every stream has been told.
+Every read pause has a named reason (flow_control); writes go straight to the transport and
+its high-water mark pauses the upstream side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from dfproxy.access_log import LogEntry
+from dfproxy.flow_control import (
+    BODY_BUFFER,
+    HIGH_WATER,
+    PEER_BACKPRESSURE,
+    PIPELINE_QUEUE,
+    FlowControl,
+)
+from dfproxy.http import response_flags as rf
+from dfproxy.http.authority import Authority, AuthorityError, parse_authority, split_host_port
+from dfproxy.http.headers import HeaderError, classify_request
+from dfproxy.http.local_reply import local_reply
+from dfproxy.stream import QUEUED, Stream
+
+if TYPE_CHECKING:
+    from dfproxy.listener import Listener
+    from dfproxy.upstream.connection import UpstreamConnection
+
+log = logging.getLogger("dfproxy.downstream")
+
+HTTP, STOPPED, TUNNEL, CLOSED = "http", "stopped", "tunnel", "closed"
+
+
+class BadRequestError(Exception):
+    """The request cannot be served; the message is the 400 body."""
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection."""
+
+    __slots__ = (
+        "loop",
+        "listener",
+        "transport",
+        "parser",
+        "flow",
+        "streams",
+        "parsing",
+        "state",
+        "held",
+        "held_size",
+        "tunnel",
+        "draining",
+        "access_log",
+        "peer",
+        "local_ip",
+        "_url",
+        "_headers",
+        "_trailers",
+        "_head_done",
+        "st_tunnels",
+    )
+
+    def __init__(self, listener: Listener) -> None:
+        self.loop = listener.loop
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
+        self.streams: deque[Stream] = deque()
+        self.parsing: Stream | None = None
+        self.state = HTTP
+        self.held: list[bytes] = []
+        self.held_size = 0
+        self.tunnel: Stream | None = None
+        self.draining = listener.draining
+        self.access_log = listener.access_log
+        self.peer = ""
+        self.local_ip = ""
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._head_done = False
+        self.st_tunnels = listener.st_tunnels
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, hence no isinstance check.
+        self.transport = t = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(t)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
+        sock = transport.get_extra_info("sockname")
+        self.local_ip = sock[0] if sock else ""
+        self.listener.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == HTTP:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                self._stop_parser(data[exc.args[0] :])
+            except httptools.HttpParserError as exc:
+                # A callback's own exception arrives wrapped, as the error's __context__.
+                cause = exc.__context__
+                if isinstance(cause, BadRequestError):
+                    self._bad_request(str(cause))
+                elif isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
+                    log.error("internal error serving %s", self.peer, exc_info=cause)
+                    self._fail(500, b"internal error")
+                else:
+                    self._bad_request(_parser_message(exc))
+        elif self.state == TUNNEL:
+            assert self.tunnel is not None
+            self.tunnel.tunnel_downstream_data(data)
+        elif self.state == STOPPED:
+            self.held.append(data)
+            self.held_size += len(data)
+            if self.held_size > HIGH_WATER:
+                self.flow.pause(BODY_BUFFER)
+
+    def eof_received(self) -> bool | None:
+        if self.state == TUNNEL and self.tunnel is not None:
+            self.tunnel.tunnel_downstream_eof()
+            return True  # keep writing to the client: half-close
+        if self.streams and self.state == HTTP:
+            # The client finished sending; let the response in flight complete, then close.
+            head = self.streams[0]
+            if head.request_done:
+                head.keep_alive = False
+                return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        streams, self.streams = self.streams, deque()
+        for stream in streams:
+            stream.downstream_closed()
+        if self.tunnel is not None:
+            self.tunnel.downstream_closed()
+            self.tunnel = None
+        self.listener.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        up = self._active_upstream()
+        if up is not None and up.flow is not None:
+            up.flow.pause(PEER_BACKPRESSURE)
+
+    def resume_writing(self) -> None:
+        up = self._active_upstream()
+        if up is not None and up.flow is not None:
+            up.flow.resume(PEER_BACKPRESSURE)
+
+    def _active_upstream(self) -> UpstreamConnection | None:
+        if self.tunnel is not None:
+            return self.tunnel.upstream
+        if self.streams:
+            return self.streams[0].upstream
+        return None
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._trailers = None
+        self._head_done = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name, value))
+        else:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+        parser = self.parser
+        method = parser.get_method()
+        version_11 = parser.get_http_version() == "1.1"
+        try:
+            req = classify_request(self._headers)
+        except HeaderError as exc:
+            raise BadRequestError(str(exc)) from None
+        url = self._url
+        authority = None
+        is_connect = method == b"CONNECT"
+        try:
+            if is_connect:
+                # RFC 9110 §9.3.6: authority-form, and the port is required.
+                if req.chunked or req.content_length:
+                    raise BadRequestError("CONNECT request with a body")
+                host, port = split_host_port(url.decode("latin-1"))
+                if port is None:
+                    raise BadRequestError("CONNECT target must be host:port")
+                authority = parse_authority(url.decode("latin-1"), port)
+                host_header = url
+                path = b""
+            elif url[:1] == b"/" or url == b"*":
+                path = url
+                host_header = req.host or b""
+                if host_header:
+                    authority = parse_authority(
+                        host_header.decode("latin-1"), self.listener.default_port
+                    )
+            else:
+                path, host_header, authority = self._absolute_form(url)
+        except AuthorityError as exc:
+            raise BadRequestError(f"invalid host: {exc}") from None
+        except UnicodeDecodeError:
+            raise BadRequestError("invalid host") from None
+        stream = Stream(
+            self,
+            method,
+            url,
+            path,
+            version_11,
+            parser.should_keep_alive(),
+            req,
+            authority,
+            host_header,
+            is_connect,
+        )
+        self.parsing = stream
+        self.streams.append(stream)
+        if len(self.streams) == 1:
+            stream.begin()
+        else:
+            self.flow.pause(PIPELINE_QUEUE)
+
+    def _absolute_form(self, url: bytes) -> tuple[bytes, bytes, Authority | None]:
+        """RFC 9112 §3.2.2: absolute-form; the target's authority replaces any Host header."""
+        sep = url.find(b"://")
+        if sep < 0:
+            raise BadRequestError("invalid request target")
+        scheme = url[:sep].lower()
+        if scheme == b"https":
+            raise BadRequestError(
+                "https:// absolute-form needs upstream TLS, which is not configured; "
+                "use CONNECT (curl -p / --proxytunnel) for HTTPS"
+            )
+        if scheme != b"http":
+            raise BadRequestError("unsupported scheme in request target")
+        rest = url[sep + 3 :]
+        end = len(rest)
+        for ch in (b"/", b"?"):
+            i = rest.find(ch)
+            if 0 <= i < end:
+                end = i
+        host_header = rest[:end]
+        if b"@" in host_header:
+            raise BadRequestError("userinfo in request target")
+        path = rest[end:] or b"/"
+        if path[:1] == b"?":
+            path = b"/" + path
+        authority = None
+        if host_header:
+            authority = parse_authority(host_header.decode("latin-1"), 80)
+        return path, host_header, authority
+
+    def on_body(self, body: bytes) -> None:
+        stream = self.parsing
+        if stream is not None:
+            stream.request_body(body)
+
+    def on_message_complete(self) -> None:
+        stream = self.parsing
+        if stream is not None:
+            stream.request_complete(self._trailers)
+
+    # -- parser hand-over (CONNECT / Upgrade) ---------------------------------------------------
+
+    def _stop_parser(self, rest: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        self.state = STOPPED
+        if rest:
+            self.held.append(rest)
+            self.held_size += len(rest)
+
+    def take_tunnel_bytes(self) -> bytes:
+        """Bytes the client sent after the CONNECT/Upgrade head (they belong to the tunnel)."""
+        data = b"".join(self.held)
+        self.held = []
+        self.held_size = 0
+        self.flow.resume(BODY_BUFFER)
+        return data
+
+    def enter_tunnel(self, stream: Stream) -> None:
+        self.state = TUNNEL
+        self.tunnel = stream
+        if self.streams and self.streams[0] is stream:
+            self.streams.popleft()
+        self.flow.resume(PIPELINE_QUEUE | BODY_BUFFER)
+
+    def _restart_parser(self) -> None:
+        """The upgrade was not taken: read what follows as ordinary requests."""
+        self.state = HTTP
+        self.parser = httptools.HttpRequestParser(self)
+        held = self.take_tunnel_bytes()
+        if held:
+            self.data_received(held)
+
+    # -- used by streams -------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def write_eof(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
+    def close_after_flush(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def count_response(self, status: int) -> None:
+        self.listener.count_response(status)
+
+    def stream_finished(self, stream: Stream, was_tunnel: bool) -> None:
+        """``stream`` is DONE: close, or start the next pipelined request."""
+        if was_tunnel:
+            self.tunnel = None
+            self.close_after_flush()
+            return
+        if self.streams and self.streams[0] is stream:
+            self.streams.popleft()
+        if self.parsing is stream and stream.request_done:
+            self.parsing = None
+        if stream.resp_close or self.state == CLOSED:
+            self.close_after_flush()
+            return
+        if self.state == STOPPED:
+            self._restart_parser()
+            return
+        if self.streams:
+            nxt = self.streams[0]
+            if len(self.streams) == 1:
+                self.flow.resume(PIPELINE_QUEUE)
+            if nxt.state == QUEUED:
+                nxt.begin()
+        elif self.draining:
+            self.close_after_flush()
+
+    def start_draining(self) -> None:
+        """Server shutdown: finish what is in flight, then close."""
+        self.draining = True
+        if not self.streams and self.tunnel is None:
+            self.close_after_flush()
+
+    def _bad_request(self, message: str) -> None:
+        log.info("bad request from %s: %s", self.peer, message)
+        body = message.encode("utf-8", "replace")
+        self.listener.count_response(400)
+        if self.access_log is not None:
+            self.access_log.log(
+                LogEntry(
+                    start_time=time.time(),
+                    method="-",
+                    path="",
+                    protocol="HTTP/1.1",
+                    status=400,
+                    flags=rf.DOWNSTREAM_PROTOCOL_ERROR,
+                    bytes_received=0,
+                    bytes_sent=0,
+                    duration_ms=0,
+                    forwarded_for=None,
+                    user_agent=None,
+                    request_id=None,
+                    authority=None,
+                    upstream_host=None,
+                    details=message,
+                )
+            )
+        self._fail(400, body)
+
+    def _fail(self, status: int, body: bytes) -> None:
+        """Answer ``status`` and close: the byte stream can no longer be trusted."""
+        # Streams already answered stay answered; anything in flight is abandoned.
+        streams, self.streams = self.streams, deque()
+        for stream in streams:
+            stream.downstream_closed()
+        self.state = CLOSED
+        self.write(local_reply(status, body, close=True))
+        self.close_after_flush()
+
+
+def _parser_message(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"malformed request: {text}"

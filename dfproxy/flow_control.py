@@ -1,0 +1,42 @@
+"""Backpressure between two transports: pause reading one side while the other cannot write.
+
+uvicorn's FlowControl keeps the same shape. A transport's reading is paused for possibly
+several reasons at once (the peer's write buffer is full, a pipelined request is queued, a
+request body is buffered before the upstream is ready); it resumes only when none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+# Per-transport write buffer limits. asyncio's default high-water mark is 64 KiB; 256 KiB
+# keeps bulk CONNECT throughput near direct while bounding memory per connection.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+# Reasons to stop reading a transport (bit flags).
+PEER_BACKPRESSURE = 1
+PIPELINE_QUEUE = 2
+BODY_BUFFER = 4
+
+
+class FlowControl:
+    """Tracks why ``transport``'s reading is paused."""
+
+    __slots__ = ("transport", "reasons")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.reasons = 0
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+
+    def pause(self, reason: int) -> None:
+        if not self.reasons and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.reasons |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.reasons & reason:
+            self.reasons &= ~reason
+            if not self.reasons and not self.transport.is_closing():
+                self.transport.resume_reading()

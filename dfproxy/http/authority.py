@@ -1,0 +1,87 @@
+"""Authority (host[:port]) parsing and the DNS cache key, as Envoy's parseAuthority does it.
+
+Pure: no I/O. The DNS cache key is ``host:port`` with IPv6 literals kept in brackets
+(Envoy ``normalizeHostForDfp``); resolution and SNI use the host without brackets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import NamedTuple
+
+
+class Authority(NamedTuple):
+    """A parsed authority. ``host`` has no brackets; ``is_ip`` says whether DNS is skipped."""
+
+    host: str
+    port: int
+    is_ip: bool
+
+    @property
+    def key(self) -> str:
+        """The cache and pool key: ``host:port``, IPv6 in brackets."""
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+class AuthorityError(ValueError):
+    """The authority cannot name a destination."""
+
+
+def split_host_port(authority: str) -> tuple[str, int | None]:
+    """Split ``authority`` into host (brackets stripped) and port (None when absent).
+
+    A port exists only when the last ``:`` comes after any ``]`` (Envoy
+    ``HeaderUtility::getPortStart``). Raises AuthorityError for an empty host, a bad port
+    or an unterminated IPv6 literal.
+    """
+    if not authority:
+        raise AuthorityError("empty host")
+    if authority[0] == "[":
+        end = authority.find("]")
+        if end < 0:
+            raise AuthorityError("unterminated IPv6 literal")
+        host = authority[1:end]
+        rest = authority[end + 1 :]
+        if not rest:
+            port: int | None = None
+        elif rest[0] == ":" and rest[1:].isdigit():
+            port = int(rest[1:])
+        else:
+            raise AuthorityError(f"bad port in {authority!r}")
+    else:
+        colon = authority.rfind(":")
+        if colon < 0:
+            host, port = authority, None
+        else:
+            host, digits = authority[:colon], authority[colon + 1 :]
+            if ":" in host:
+                # A bare IPv6 address without brackets is not a valid authority.
+                raise AuthorityError(f"IPv6 literal must be in brackets: {authority!r}")
+            if not digits.isdigit():
+                raise AuthorityError(f"bad port in {authority!r}")
+            port = int(digits)
+    if not host:
+        raise AuthorityError("empty host")
+    if port is not None and not 0 < port <= 65535:
+        raise AuthorityError(f"port out of range in {authority!r}")
+    return host, port
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for a textual IPv4 or IPv6 address (no DNS lookup needed)."""
+    first = host[0]
+    if not (first.isdigit() or ":" in host):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_authority(authority: str, default_port: int) -> Authority:
+    """Parse ``authority`` into an Authority, filling in ``default_port`` when absent."""
+    host, port = split_host_port(authority)
+    return Authority(host.lower(), default_port if port is None else port, is_ip_literal(host))

@@ -1,0 +1,185 @@
+"""Header classification and serialisation for forwarding (RFC 9110 §7.6.1, RFC 9112).
+
+Pure functions over header lists: ``list[tuple[bytes, bytes]]`` as the codec received them,
+names in their original case. One pass per message; the codec calls them at headers-complete.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 plus the proxy-only fields. Transfer-Encoding is re-framed by us; Upgrade
+# is put back explicitly when an upgrade is being forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+# Headers a proxy removes or rewrites besides the hop-by-hop set.
+_REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+
+
+class HeaderError(ValueError):
+    """A header makes the message unusable; the text says why (sent to the client)."""
+
+
+class RequestHeaders(NamedTuple):
+    """What forwarding needs from a request head."""
+
+    forward: Headers  # end-to-end headers, Host/Content-Length/framing removed
+    host: bytes | None  # the Host header value (None when absent)
+    content_length: int | None
+    chunked: bool
+    upgrade: bytes | None  # the Upgrade token when Connection lists "upgrade"
+    expect_continue: bool
+    close: bool  # Connection: close was sent
+
+
+class ResponseHeaders(NamedTuple):
+    """What forwarding needs from a response head."""
+
+    forward: Headers
+    content_length: int | None
+    chunked: bool
+    close: bool
+    upgrade: bytes | None
+
+
+def _connection_tokens(values: list[bytes]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def _content_length(value: bytes, current: int | None) -> int:
+    # RFC 9110 §8.6: a list of identical values may be collapsed; anything else is an error.
+    try:
+        length = int(value.split(b",")[0].strip())
+        if any(int(v.strip()) != length for v in value.split(b",")):
+            raise HeaderError("conflicting Content-Length values")
+    except ValueError:
+        raise HeaderError("invalid Content-Length") from None
+    if length < 0 or (current is not None and current != length):
+        raise HeaderError("conflicting Content-Length values")
+    return length
+
+
+def classify_request(raw: Headers) -> RequestHeaders:
+    """Split a request's headers into what is forwarded and what the proxy acts on.
+
+    Raises HeaderError on an invalid Content-Length or several Host headers (RFC 9112 §3.2).
+    """
+    forward: Headers = []
+    host: bytes | None = None
+    length: int | None = None
+    chunked = False
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    expect = False
+    for name, value in raw:
+        lname = name.lower()
+        if lname not in _REQUEST_SPECIAL:
+            forward.append((name, value))
+        elif lname == b"host":
+            if host is not None:
+                raise HeaderError("multiple Host headers")
+            host = value.strip()
+        elif lname == b"content-length":
+            length = _content_length(value, length)
+        elif lname == b"transfer-encoding":
+            chunked = value.strip().lower().endswith(b"chunked")
+        elif lname == b"connection" or lname == b"proxy-connection":
+            connection.append(value)
+        elif lname == b"upgrade":
+            upgrade = value.strip()
+        elif lname == b"expect":
+            if value.strip().lower() == b"100-continue":
+                expect = True
+            else:
+                forward.append((name, value))
+    close = False
+    if connection:
+        tokens = _connection_tokens(connection)
+        close = b"close" in tokens
+        if b"upgrade" not in tokens:
+            upgrade = None
+        tokens -= {b"close", b"keep-alive", b"upgrade"}
+        if tokens:
+            # RFC 9110 §7.6.1: the fields named by Connection are hop-by-hop too.
+            forward = [(n, v) for n, v in forward if n.lower() not in tokens]
+    else:
+        upgrade = None
+    return RequestHeaders(forward, host, length, chunked, upgrade, expect, close)
+
+
+def classify_response(raw: Headers) -> ResponseHeaders:
+    """Split a response's headers into what is forwarded and its framing."""
+    forward: Headers = []
+    length: int | None = None
+    chunked = False
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    for name, value in raw:
+        lname = name.lower()
+        if lname not in _RESPONSE_SPECIAL:
+            forward.append((name, value))
+        elif lname == b"content-length":
+            length = _content_length(value, length)
+        elif lname == b"transfer-encoding":
+            chunked = value.strip().lower().endswith(b"chunked")
+        elif lname == b"connection":
+            connection.append(value)
+        elif lname == b"upgrade":
+            upgrade = value.strip()
+    close = False
+    if connection:
+        tokens = _connection_tokens(connection)
+        close = b"close" in tokens
+        tokens -= {b"close", b"keep-alive", b"upgrade"}
+        if tokens:
+            forward = [(n, v) for n, v in forward if n.lower() not in tokens]
+    if chunked:
+        # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
+        length = None
+    return ResponseHeaders(forward, length, chunked, close, upgrade)
+
+
+def serialize(first_line: bytes, headers: Headers, extra: bytes = b"") -> bytes:
+    """The head: first line (with CRLF), headers, ``extra`` (pre-encoded lines), blank line."""
+    parts = [first_line]
+    append = parts.append
+    for name, value in headers:
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    append(extra)
+    append(b"\r\n")
+    return b"".join(parts)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of the chunked transfer coding (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: Headers | None) -> bytes:
+    """The last chunk with optional trailer fields (RFC 9112 §7.1.2)."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    return serialize(b"0\r\n", trailers)

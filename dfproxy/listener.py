@@ -1,0 +1,99 @@
+"""A listener: the bound socket's protocol factory and what its connections share.
+
+Per listener: the route table, the access log, the ``http.<name>.`` stats and the set of
+open connections (for drain). Per-connection objects come from here; nothing per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dfproxy.access_log import AccessLog
+from dfproxy.downstream import HttpConnection
+from dfproxy.stats import StatsStore
+
+if TYPE_CHECKING:
+    from dfproxy.router import RouteTable
+
+log = logging.getLogger("dfproxy.listener")
+
+
+class Listener:
+    """Shared state of one listening address."""
+
+    def __init__(
+        self,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        routes: RouteTable,
+        stats: StatsStore,
+        access_log: AccessLog | None,
+        default_port: int = 80,
+    ) -> None:
+        self.name = name
+        self.loop = loop
+        self.routes = routes
+        self.access_log = access_log
+        self.default_port = default_port
+        self.draining = False
+        self.connections: set[HttpConnection] = set()
+        self.on_connection_closed: Callable[[], None] | None = None
+        self.server: asyncio.AbstractServer | None = None
+        # Where this process listens, to refuse forwarding to itself (shared by all listeners).
+        self.own_ports: set[int] = set()
+        self.own_endpoints: set[tuple[str, int]] = set()
+        p = f"http.{name}."
+        self.st_cx_total = stats.counter(p + "downstream_cx_total")
+        self.st_cx_active = stats.gauge(p + "downstream_cx_active")
+        self.st_rq_total = stats.counter(p + "downstream_rq_total")
+        self.st_rq_class = [stats.counter(p + f"downstream_rq_{n}xx") for n in range(1, 6)]
+        self.st_tunnels = stats.counter(p + "downstream_cx_upgrades_total")
+
+    def __call__(self) -> HttpConnection:
+        return HttpConnection(self)
+
+    def connection_opened(self, conn: HttpConnection) -> None:
+        self.connections.add(conn)
+        self.st_cx_total.value += 1
+        self.st_cx_active.value = len(self.connections)
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        self.st_cx_active.value = len(self.connections)
+        if self.on_connection_closed is not None:
+            self.on_connection_closed()
+
+    def count_response(self, status: int) -> None:
+        self.st_rq_total.value += 1
+        klass = status // 100
+        if 1 <= klass <= 5:
+            self.st_rq_class[klass - 1].value += 1
+
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Bind and listen; returns the bound port."""
+        self.server = await self.loop.create_server(
+            self, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=4096
+        )
+        sockets = self.server.sockets
+        bound = int(sockets[0].getsockname()[1]) if sockets else port
+        self.own_ports.add(bound)
+        self.own_endpoints.add((host, bound))
+        return bound
+
+    def is_self(self, ip: str, port: int, local_ip: str) -> bool:
+        """True when (ip, port) is one of our listeners: forwarding there would loop."""
+        if (ip, port) in self.own_endpoints or ip == local_ip:
+            return True
+        wildcard = ("0.0.0.0", port) in self.own_endpoints or ("::", port) in self.own_endpoints
+        return wildcard and (ip.startswith("127.") or ip == "::1")
+
+    def start_draining(self) -> None:
+        """Stop accepting; let every connection finish what it has in flight."""
+        self.draining = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.start_draining()

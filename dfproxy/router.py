@@ -1,0 +1,211 @@
+"""Route selection: virtual hosts by domain (Envoy's order), then the first matching route.
+
+Pure: a RouteTable is built at config load and ``select`` is a function of the request.
+Domain order (Envoy ``VirtualHost.domains``): exact, then suffix wildcards (``*.foo.com``,
+longest first), then prefix wildcards (``foo.*``, longest first), then ``*``. A wildcard
+never matches the empty string. CONNECT matches on the ``host:port`` target.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dfproxy.filters import FilterChain
+
+if TYPE_CHECKING:
+    from dfproxy.stream import Stream
+
+
+@dataclass(frozen=True)
+class HeaderMatcher:
+    name: bytes  # lower-case
+    value: str = ""  # "" means present
+    regex: bool = False
+    invert: bool = False
+    _pattern: re.Pattern[str] | None = None
+
+    def matches(self, stream: Stream) -> bool:
+        raw = stream.request_header(self.name)
+        if raw is None:
+            result = False
+        elif not self.value and not self.regex:
+            result = True
+        else:
+            text = raw.decode("latin-1")
+            if self._pattern is not None:
+                result = self._pattern.fullmatch(text) is not None
+            else:
+                result = text == self.value
+        return result != self.invert
+
+
+@dataclass(frozen=True)
+class QueryMatcher:
+    name: str
+    value: str = ""
+    regex: bool = False
+    _pattern: re.Pattern[str] | None = None
+
+    def matches(self, query: dict[str, str]) -> bool:
+        if self.name not in query:
+            return False
+        if not self.value and not self.regex:
+            return True
+        got = query[self.name]
+        if self._pattern is not None:
+            return self._pattern.fullmatch(got) is not None
+        return got == self.value
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """Gloo ``Matcher``: one path specifier plus header, query and method conditions."""
+
+    prefix: str | None = None
+    exact: str | None = None
+    regex: re.Pattern[str] | None = None
+    connect: bool = False
+    case_sensitive: bool = True
+    headers: tuple[HeaderMatcher, ...] = ()
+    query: tuple[QueryMatcher, ...] = ()
+    methods: frozenset[bytes] = frozenset()
+
+    def matches(self, stream: Stream) -> bool:
+        if self.connect:
+            if not stream.is_connect:
+                return False
+        else:
+            if stream.is_connect:
+                return False  # HTTP/1.1 CONNECT has no path: only connectMatcher matches it
+            path = stream.path_only()
+            if self.prefix is not None:
+                if self.case_sensitive:
+                    if not path.startswith(self.prefix):
+                        return False
+                elif not path.lower().startswith(self.prefix.lower()):
+                    return False
+            elif self.exact is not None:
+                if self.case_sensitive:
+                    if path != self.exact:
+                        return False
+                elif path.lower() != self.exact.lower():
+                    return False
+            elif self.regex is not None and self.regex.fullmatch(path) is None:
+                return False
+        if self.methods and stream.method not in self.methods:
+            return False
+        for h in self.headers:
+            if not h.matches(stream):
+                return False
+        if self.query:
+            query = stream.query_params()
+            for q in self.query:
+                if not q.matches(query):
+                    return False
+        return True
+
+
+MATCH_ALL = Matcher(prefix="/")
+
+
+@dataclass
+class Route:
+    """A matched route: its action, its filter chain and its options."""
+
+    name: str
+    matchers: Sequence[Matcher]
+    action: Any  # dfproxy.actions.*; typed loosely to keep this module free of I/O imports
+    chain: FilterChain = field(default_factory=lambda: FilterChain(()))
+    connect_terminate: bool = False
+    websocket: bool = True
+    timeout: float = 15.0
+    prefix_rewrite: str | None = None
+    request_headers_to_add: list[tuple[bytes, bytes, bool]] = field(default_factory=list)
+    request_headers_to_remove: frozenset[bytes] = frozenset()
+    response_headers_to_add: list[tuple[bytes, bytes, bool]] = field(default_factory=list)
+    response_headers_to_remove: frozenset[bytes] = frozenset()
+
+    def matches(self, stream: Stream) -> bool:
+        return any(m.matches(stream) for m in self.matchers)
+
+
+@dataclass
+class VirtualHost:
+    name: str
+    domains: Sequence[str]
+    routes: Sequence[Route]
+
+    def select(self, stream: Stream) -> Route | None:
+        for route in self.routes:
+            if route.matches(stream):
+                return route
+        return None
+
+
+class RouteTable:
+    """Virtual hosts indexed for Envoy's domain search order."""
+
+    def __init__(self, vhosts: Sequence[VirtualHost]) -> None:
+        self.vhosts = list(vhosts)
+        self.exact: dict[str, VirtualHost] = {}
+        suffix: list[tuple[str, VirtualHost]] = []
+        prefix: list[tuple[str, VirtualHost]] = []
+        self.default: VirtualHost | None = None
+        for vh in vhosts:
+            for domain in vh.domains:
+                d = domain.lower()
+                if d == "*":
+                    self.default = vh
+                elif d.startswith("*"):
+                    suffix.append((d[1:], vh))
+                elif d.endswith("*"):
+                    prefix.append((d[:-1], vh))
+                else:
+                    self.exact[d] = vh
+        self.suffix = sorted(suffix, key=lambda p: -len(p[0]))
+        self.prefix = sorted(prefix, key=lambda p: -len(p[0]))
+        # The common case, one "*" virtual host, skips the domain search entirely.
+        self.only_default = self.default is not None and not (self.exact or suffix or prefix)
+
+    def find_vhost(self, host: str) -> VirtualHost | None:
+        """The virtual host for a Host/authority value (lower-cased by the caller)."""
+        if self.only_default:
+            return self.default
+        vh = self.exact.get(host)
+        if vh is not None:
+            return vh
+        # Domains without a port also match a host:port (Envoy strips the port when no
+        # domain lists it explicitly).
+        bare = _strip_port(host)
+        if bare != host:
+            vh = self.exact.get(bare)
+            if vh is not None:
+                return vh
+        for candidates in (self.suffix, self.prefix):
+            for pattern, vh in candidates:
+                for h in (host, bare):
+                    if candidates is self.suffix:
+                        if len(h) > len(pattern) and h.endswith(pattern):
+                            return vh
+                    elif len(h) > len(pattern) and h.startswith(pattern):
+                        return vh
+        return self.default
+
+    def select(self, stream: Stream) -> Route | None:
+        vh = self.find_vhost(stream.route_host())
+        if vh is None:
+            return None
+        return vh.select(stream)
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    colon = host.rfind(":")
+    if colon > 0 and host[colon + 1 :].isdigit():
+        return host[:colon]
+    return host

@@ -1,0 +1,197 @@
+"""One proxy process: builds the runtime, listens, serves admin, drains on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfproxy import tasks
+from dfproxy.access_log import AccessLog
+from dfproxy.admin import AdminServer
+from dfproxy.config.model import ProxyConfig
+from dfproxy.runtime import Runtime
+from dfproxy.stats import StatsStore
+
+log = logging.getLogger("dfproxy.server")
+
+
+@dataclass
+class Settings:
+    """Process-level settings from the command line."""
+
+    admin: tuple[str, int] | None = ("127.0.0.1", 19000)
+    access_log: str | None = None
+    access_log_format: str = "envoy"
+    ports_file: str | None = None
+    drain_timeout: float = 15.0
+    reuse_port: bool = False
+    worker_index: int | None = None
+    argv: list[str] = field(default_factory=list)
+
+
+def write_ports_file(path: str, ports: dict[str, Any]) -> None:
+    """Write the bound ports atomically (tests and scripts wait for this file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(ports, f)
+    os.replace(tmp, path)
+
+
+class Server:
+    """Runs one configuration in this process until told to stop."""
+
+    def __init__(self, settings: Settings, config: ProxyConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.state = "PRE_INITIALIZING"
+        self.stats = StatsStore()
+        self.runtime: Runtime | None = None
+        self.admin: AdminServer | None = None
+        self.access_log: AccessLog | None = None
+        self._stop: asyncio.Event | None = None
+
+    async def serve(self) -> int:
+        """Start, run until SIGTERM/SIGINT, drain, and return the exit code."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self.settings.access_log:
+            self.access_log = AccessLog(self.settings.access_log, self.settings.access_log_format)
+        self.runtime = Runtime(self.config, loop, self.stats, self.access_log)
+        ports: dict[str, Any] = {"listeners": {}}
+        for spec, listener in self.runtime.listeners:
+            port = await listener.start(spec.host, spec.port, reuse_port=self.settings.reuse_port)
+            ports["listeners"][spec.name] = port
+            ports.setdefault("listen", port)
+            log.info("listener %s on %s:%d", spec.name, spec.host, port)
+        if self.settings.admin is not None:
+            self.admin = AdminServer(self)
+            host, port = self.settings.admin
+            ports["admin"] = await self.admin.start(host, port)
+            log.info("admin on %s:%d", host, ports["admin"])
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        self.state = "LIVE"
+        if self.settings.ports_file:
+            write_ports_file(self.settings.ports_file, ports)
+        await self._stop.wait()
+        await self.drain()
+        return 0
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def drain(self) -> None:
+        """Stop accepting; wait for in-flight requests and tunnels up to the drain timeout."""
+        self.state = "DRAINING"
+        assert self.runtime is not None
+        listeners = [listener for _, listener in self.runtime.listeners]
+        for listener in listeners:
+            listener.start_draining()
+        drained = asyncio.Event()
+
+        def check() -> None:
+            if not any(listener.connections for listener in listeners):
+                drained.set()
+
+        for listener in listeners:
+            listener.on_connection_closed = check
+        check()
+        try:
+            await asyncio.wait_for(drained.wait(), self.settings.drain_timeout)
+        except TimeoutError:
+            pass
+        left = sum(len(listener.connections) for listener in listeners)
+        if left:
+            log.warning("drain deadline passed with %d connections open; closing them", left)
+            for listener in listeners:
+                for conn in list(listener.connections):
+                    conn.abort()
+        self.runtime.close()
+        if self.admin is not None:
+            await self.admin.close()
+        pending = tasks.cancel_all()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        if self.access_log is not None:
+            self.access_log.close()
+        log.info("drained, exiting")
+
+    # -- views for the admin server -------------------------------------------------------------
+
+    def stats_items(self) -> list[tuple[str, int]]:
+        return list(self.stats.items())
+
+    def clusters_view(self) -> dict[str, Any]:
+        assert self.runtime is not None
+        statuses = []
+        for cluster in self.runtime.clusters.values():
+            cb = self._cluster_cb(cluster.name)
+            hosts = []
+            for info in cluster.dns_cache.hosts.values():
+                addr = info.address
+                if addr is None:
+                    continue
+                ip = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+                hosts.append(
+                    {
+                        "address": f"{ip}:{info.port}",
+                        "hostname": info.key,
+                        "stats": {},
+                        "health_status": {"eds_health_status": "HEALTHY"},
+                        "weight": 1,
+                    }
+                )
+            statuses.append({"name": cluster.name, "circuit_breakers": cb, "host_statuses": hosts})
+        return {"cluster_statuses": statuses}
+
+    def _cluster_cb(self, name: str) -> dict[str, int]:
+        for spec, _ in self.runtime.listeners if self.runtime else []:
+            if spec.dfp is not None and spec.dfp.cluster_name == name:
+                cb = spec.dfp.circuit_breakers
+                return {
+                    "max_connections": cb.max_connections,
+                    "max_pending_requests": cb.max_pending_requests,
+                    "max_requests": cb.max_requests,
+                    "max_retries": cb.max_retries,
+                }
+        return {}
+
+    def dns_cache_view(self) -> dict[str, Any]:
+        assert self.runtime is not None
+        import time
+
+        now = time.monotonic()
+        caches = []
+        for cluster in self.runtime.clusters.values():
+            cache = cluster.dns_cache
+            caches.append(
+                {
+                    "name": cache.config.name,
+                    "num_hosts": len(cache.hosts),
+                    "pending": cache.pending,
+                    "hosts": [
+                        {
+                            "host": info.key,
+                            "addresses": [a[0] for a in info.addresses],
+                            "ttl": info.ttl,
+                            "status": info.last_status or "resolving",
+                            "failures": info.failures,
+                            "last_used_seconds_ago": round(now - info.last_used, 3),
+                            "resolved_seconds_ago": round(now - info.resolved_at, 3)
+                            if info.resolved
+                            else None,
+                            "next_refresh_in_seconds": round(info.next_refresh_at - now, 3)
+                            if info.next_refresh_at
+                            else None,
+                        }
+                        for info in cache.hosts.values()
+                    ],
+                }
+            )
+        return {"dns_caches": caches}

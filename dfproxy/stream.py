@@ -1,0 +1,681 @@
+"""One request/response exchange on a downstream connection, from route to upstream and back.
+
+States (set in one place each; ``state`` names where the exchange is):
+    QUEUED      parsed, waiting behind a pipelined request on the same connection
+    FILTERING   request filters running (the DFP filter may pause it on a DNS miss)
+    CONNECTING  waiting for an upstream connection
+    FORWARDING  request head sent upstream; waiting for the response head
+    RESPONDING  response head sent downstream; body streaming
+    TUNNEL      CONNECT or upgrade: raw bytes both ways
+    DONE        finished (logged, counted); nothing touches it afterwards
+Rules: only the connection's head-of-line stream leaves QUEUED; every path to DONE goes
+through ``_finish`` exactly once; a local reply is only possible before RESPONDING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+from dfproxy import filters as F
+from dfproxy.access_log import LogEntry
+from dfproxy.flow_control import BODY_BUFFER, HIGH_WATER, PEER_BACKPRESSURE
+from dfproxy.http import errors
+from dfproxy.http import response_flags as rf
+from dfproxy.http.authority import Authority
+from dfproxy.http.headers import (
+    Headers,
+    RequestHeaders,
+    classify_response,
+    encode_chunk,
+    last_chunk,
+    serialize,
+)
+from dfproxy.http.local_reply import connect_established, http_date, local_reply
+from dfproxy.http.status import status_line
+
+if TYPE_CHECKING:
+    from dfproxy.cluster import DfpCluster
+    from dfproxy.dns.cache import DnsHostInfo
+    from dfproxy.downstream import HttpConnection
+    from dfproxy.router import Route
+    from dfproxy.upstream.connection import UpstreamConnection
+
+log = logging.getLogger("dfproxy.stream")
+
+QUEUED, FILTERING, CONNECTING, FORWARDING, RESPONDING, TUNNEL, DONE = range(7)
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CHUNKED = b"transfer-encoding: chunked\r\n"
+CLOSE = b"connection: close\r\n"
+KEEP_ALIVE = b"connection: keep-alive\r\n"
+
+
+class Stream:
+    """A request and its response; see the module docstring for the state machine."""
+
+    __slots__ = (
+        "conn",
+        "method",
+        "target",
+        "path",
+        "version_11",
+        "keep_alive",
+        "req",
+        "authority",
+        "host_header",
+        "is_connect",
+        "upgrade",
+        "route",
+        "filter_index",
+        "state",
+        "host",
+        "dns_wait",
+        "upstream",
+        "body_buf",
+        "body_buf_size",
+        "request_done",
+        "request_trailers",
+        "resp_status",
+        "resp_headers",
+        "resp_chunked",
+        "resp_no_body",
+        "resp_close",
+        "start",
+        "start_wall",
+        "bytes_in",
+        "bytes_out",
+        "flags",
+        "details",
+        "timer",
+        "filter_state",
+        "upstream_address",
+        "sent_continue",
+        "tunnel_eofs",
+    )
+
+    def __init__(
+        self,
+        conn: HttpConnection,
+        method: bytes,
+        target: bytes,
+        path: bytes,
+        version_11: bool,
+        keep_alive: bool,
+        req: RequestHeaders,
+        authority: Authority | None,
+        host_header: bytes,
+        is_connect: bool,
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.target = target
+        self.path = path
+        self.version_11 = version_11
+        self.keep_alive = keep_alive
+        self.req = req
+        self.authority = authority
+        self.host_header = host_header
+        self.is_connect = is_connect
+        self.upgrade: bytes | None = req.upgrade
+        self.route: Route | None = None
+        self.filter_index = 0
+        self.state = QUEUED
+        self.host: DnsHostInfo | None = None
+        self.dns_wait: DnsHostInfo | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.body_buf: list[bytes] | None = None
+        self.body_buf_size = 0
+        self.request_done = False
+        self.request_trailers: Headers | None = None
+        self.resp_status = 0
+        self.resp_headers: Headers | None = None
+        self.resp_chunked = False
+        self.resp_no_body = False
+        self.resp_close = False
+        self.start = time.monotonic()
+        self.start_wall = time.time()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.flags = ""
+        self.details = ""
+        self.timer: asyncio.TimerHandle | None = None
+        self.filter_state: dict[str, object] | None = None
+        self.upstream_address = ""
+        self.sent_continue = False
+        self.tunnel_eofs = 0
+
+    # -- request helpers for filters and matchers ---------------------------------------------
+
+    def request_header(self, lname: bytes) -> bytes | None:
+        """The first value of a request header (``lname`` lower-case), Host included."""
+        if lname == b"host":
+            return self.host_header
+        for name, value in self.req.forward:
+            if name.lower() == lname:
+                return value
+        return None
+
+    def path_text(self) -> str:
+        return self.path.decode("latin-1")
+
+    def path_only(self) -> str:
+        q = self.path.find(b"?")
+        return (self.path if q < 0 else self.path[:q]).decode("latin-1")
+
+    def query_params(self) -> dict[str, str]:
+        q = self.path.find(b"?")
+        if q < 0:
+            return {}
+        return dict(parse_qsl(self.path[q + 1 :].decode("latin-1"), keep_blank_values=True))
+
+    def route_host(self) -> str:
+        """What virtual-host matching compares: the CONNECT target or the Host value."""
+        if self.is_connect:
+            return self.target.decode("latin-1").lower()
+        return self.host_header.decode("latin-1").lower()
+
+    # -- request path ---------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Route and filter the request (the stream became head-of-line)."""
+        self.state = FILTERING
+        route = self.conn.listener.routes.select(self)
+        if route is None:
+            self.local_error(errors.NoRoute())
+            return
+        self.route = route
+        if self.is_connect and not route.connect_terminate:
+            self.local_error(errors.ConnectForbidden())
+            return
+        if self.upgrade is not None and (
+            not route.websocket or self.upgrade.lower() != b"websocket"
+        ):
+            self.upgrade = None  # forwarded as a plain request, Upgrade stripped
+        self._run_filters(0)
+
+    def _run_filters(self, index: int) -> None:
+        route = self.route
+        assert route is not None
+        hooks = route.chain.request_headers
+        n = len(hooks)
+        while index < n:
+            self.filter_index = index
+            if hooks[index].on_request_headers(self) == F.STOP:
+                return  # paused, or answered locally
+            if self.state == DONE:
+                return
+            index += 1
+        route.action.run(self)
+
+    def on_dns_complete(self, info: DnsHostInfo) -> None:
+        """The DNS cache finished the lookup this stream waited for."""
+        if self.dns_wait is not info or self.state != FILTERING:
+            return
+        self.dns_wait = None
+        if not info.addresses:
+            self.local_error(errors.DnsResolutionFailure(info.last_status))
+            return
+        self.host = info
+        self._run_filters(self.filter_index + 1)
+
+    def forward(self, cluster: DfpCluster) -> None:
+        """Terminal step: send the request to ``self.host`` over a pooled connection."""
+        host = self.host
+        if host is None:
+            self.local_error(errors.DnsResolutionFailure("no host"))
+            return
+        host.last_used = self.start
+        listener = self.conn.listener
+        if host.port in listener.own_ports and listener.is_self(
+            host.addresses[0][0], host.port, self.conn.local_ip
+        ):
+            self.local_error(errors.ForwardingLoop(host.key))
+            return
+        pool = cluster.pool
+        pool.st_rq_total.value += 1
+        if not self.is_connect and self.upgrade is None:
+            conn = pool.get_idle(host.key)
+            if conn is not None:
+                self._attach(conn)
+                return
+        self.state = CONNECTING
+        pool.connect(host, self._on_connected)
+
+    def _on_connected(self, conn: UpstreamConnection | None, reason: str) -> None:
+        if self.state != CONNECTING:
+            if conn is not None:
+                conn.close()  # the client went away meanwhile
+            return
+        if conn is None:
+            log.debug("upstream connect to %s failed: %s", self.host and self.host.key, reason)
+            self.local_error(errors.UpstreamConnectFailure(reason))
+            return
+        if self.is_connect:
+            self._start_connect_tunnel(conn)
+        else:
+            self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        self.upstream_address = conn.address
+        self.state = FORWARDING
+        conn.attach(self, self.method == b"HEAD")
+        req = self.req
+        if req.chunked:
+            framing = CHUNKED
+        elif req.content_length is not None:
+            framing = b"content-length: %d\r\n" % req.content_length
+        elif self.method in (b"POST", b"PUT", b"PATCH"):
+            framing = b"content-length: 0\r\n"
+        else:
+            framing = b""
+        if self.upgrade is not None:
+            framing += b"connection: upgrade\r\nupgrade: " + self.upgrade + b"\r\n"
+        route = self.route
+        headers = req.forward
+        if route is not None and (route.request_headers_to_add or route.request_headers_to_remove):
+            headers = _manipulate(
+                headers, route.request_headers_to_add, route.request_headers_to_remove
+            )
+        head = serialize(
+            b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (self.method, self.path, self.host_header),
+            headers,
+            framing,
+        )
+        if self.body_buf:
+            conn.write(head + b"".join(self.body_buf))
+            self.body_buf = None
+            self.body_buf_size = 0
+            self.conn.flow.resume(BODY_BUFFER)
+        else:
+            conn.write(head)
+        if req.expect_continue and not self.request_done and not self.sent_continue:
+            # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).
+            self.sent_continue = True
+            self.conn.write(CONTINUE_100)
+        if self.request_done:
+            self._request_sent()
+
+    def request_body(self, data: bytes) -> None:
+        """A piece of the request body from the codec (already de-chunked)."""
+        self.bytes_in += len(data)
+        if self.req.chunked:
+            data = encode_chunk(data)
+        conn = self.upstream
+        if conn is not None and (self.state == FORWARDING or self.state == RESPONDING):
+            conn.write(data)
+            return
+        if self.state >= RESPONDING:
+            return  # answered already (or upstream gone): the rest of the body is dropped
+        if self.body_buf is None:
+            self.body_buf = [data]
+        else:
+            self.body_buf.append(data)
+        self.body_buf_size += len(data)
+        if self.body_buf_size > HIGH_WATER:
+            self.conn.flow.pause(BODY_BUFFER)
+
+    def request_complete(self, trailers: Headers | None) -> None:
+        """The codec saw the end of the request."""
+        self.request_done = True
+        if self.req.chunked:
+            end = last_chunk(trailers)
+            if self.upstream is not None and self.state in (FORWARDING, RESPONDING):
+                self.upstream.write(end)
+            elif self.state != DONE:
+                if self.body_buf is None:
+                    self.body_buf = [end]
+                else:
+                    self.body_buf.append(end)
+        if self.upstream is not None and self.state in (FORWARDING, RESPONDING):
+            self._request_sent()
+
+    def _request_sent(self) -> None:
+        conn = self.upstream
+        assert conn is not None
+        conn.request_done = True
+        route = self.route
+        timeout = route.timeout if route is not None else 15.0
+        if timeout and self.state == FORWARDING and self.timer is None:
+            self.timer = self.conn.loop.call_later(timeout, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.state == FORWARDING:
+            self._drop_upstream()
+            self.local_error(errors.UpstreamTimeout())
+        elif self.state == RESPONDING:
+            self.flags = rf.UPSTREAM_REQUEST_TIMEOUT
+            self._drop_upstream()
+            self.conn.abort()
+
+    # -- response path (called by the upstream connection) ------------------------------------
+
+    def upstream_response_head(self, status: int, reason: bytes, raw: Headers) -> None:
+        try:
+            resp = classify_response(raw)
+        except ValueError as exc:
+            self._drop_upstream()
+            self.local_error(errors.UpstreamProtocolError(str(exc)))
+            return
+        self.resp_status = status
+        self.resp_headers = resp.forward
+        route = self.route
+        if route is not None and route.chain.response_headers:
+            for f in route.chain.response_headers:
+                f.on_response_headers(self)
+        if route is not None and (
+            route.response_headers_to_add or route.response_headers_to_remove
+        ):
+            self.resp_headers = _manipulate(
+                self.resp_headers, route.response_headers_to_add, route.response_headers_to_remove
+            )
+        if status == 101:
+            return  # written by upstream_upgraded, after the parser hands over the tunnel
+        self.state = RESPONDING
+        no_body = self.method == b"HEAD" or status == 204 or status == 304
+        self.resp_no_body = no_body
+        keep = self.keep_alive and not self.conn.draining
+        if not self.request_done:
+            # The origin answered before the request ended: we cannot find the next request
+            # boundary safely unless the body is consumed; close afterwards.
+            keep = False
+        if no_body:
+            framing = b""
+            if resp.content_length is not None:
+                framing = b"content-length: %d\r\n" % resp.content_length
+        elif resp.content_length is not None and not (
+            route is not None and route.chain.response_body
+        ):
+            framing = b"content-length: %d\r\n" % resp.content_length
+        elif self.version_11:
+            framing = CHUNKED
+            self.resp_chunked = True
+        else:
+            framing = b""
+            keep = False  # HTTP/1.0 client, unknown length: delimit by close
+        if not keep:
+            framing += CLOSE
+        elif not self.version_11:
+            framing += KEEP_ALIVE
+        self.resp_close = not keep
+        head = serialize(status_line(status), self.resp_headers, framing)
+        self.bytes_out += len(head)
+        self.conn.write(head)
+
+    def upstream_response_body(self, data: bytes) -> None:
+        if self.state != RESPONDING or self.resp_no_body:
+            return
+        route = self.route
+        if route is not None and route.chain.response_body:
+            for f in route.chain.response_body:
+                data = f.on_response_body(self, data, False)
+            if not data:
+                return
+        self.bytes_out += len(data)
+        if self.resp_chunked:
+            self.conn.write(encode_chunk(data))
+        else:
+            self.conn.write(data)
+
+    def upstream_response_complete(self, trailers: Headers | None) -> None:
+        self.upstream = None
+        if self.state != RESPONDING:
+            return
+        route = self.route
+        if route is not None and route.chain.response_body and not self.resp_no_body:
+            tail = b""
+            for f in route.chain.response_body:
+                tail = f.on_response_body(self, tail, True)
+            if tail:
+                self.bytes_out += len(tail)
+                self.conn.write(encode_chunk(tail) if self.resp_chunked else tail)
+        if self.resp_chunked:
+            self.conn.write(last_chunk(trailers))
+        self._finish()
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The origin answered 101: send the head and relay raw bytes both ways."""
+        assert self.resp_headers is not None
+        head = serialize(
+            status_line(101),
+            self.resp_headers,
+            b"connection: upgrade\r\nupgrade: " + (self.upgrade or b"websocket") + b"\r\n",
+        )
+        self.resp_status = 101
+        self.bytes_out += len(head)
+        self.conn.write(head)
+        self._enter_tunnel(rest)
+
+    def upstream_reset(self, reason: str) -> None:
+        """The upstream connection closed or broke before the exchange completed."""
+        self.upstream = None
+        if self.state == FORWARDING:
+            self.local_error(errors.UpstreamReset(reason))
+        elif self.state == RESPONDING:
+            self.flags = rf.UPSTREAM_CONNECTION_TERMINATION
+            self.details = f"upstream_reset_after_response_started{{{reason}}}"
+            self.conn.abort()
+        elif self.state == TUNNEL:
+            self.conn.close_after_flush()
+
+    def upstream_pause_writing(self) -> None:
+        self.conn.flow.pause(PEER_BACKPRESSURE)
+
+    def upstream_resume_writing(self) -> None:
+        self.conn.flow.resume(PEER_BACKPRESSURE)
+
+    # -- tunnels (CONNECT terminated here, or an accepted upgrade) -----------------------------
+
+    def _start_connect_tunnel(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        self.upstream_address = conn.address
+        conn.start_tunnel(self)
+        self.resp_status = 200
+        head = connect_established()
+        self.bytes_out += len(head)
+        self.conn.write(head)
+        self._enter_tunnel(b"")
+
+    def _enter_tunnel(self, upstream_rest: bytes) -> None:
+        self.state = TUNNEL
+        self.conn.st_tunnels.value += 1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if upstream_rest:
+            self.tunnel_data(upstream_rest)
+        early = self.conn.take_tunnel_bytes()
+        if early:
+            self.bytes_in += len(early)
+            assert self.upstream is not None
+            self.upstream.write(early)
+        self.conn.enter_tunnel(self)
+
+    def tunnel_data(self, data: bytes) -> None:
+        """Bytes from the origin for the client."""
+        self.bytes_out += len(data)
+        self.conn.write(data)
+
+    def tunnel_downstream_data(self, data: bytes) -> None:
+        """Bytes from the client for the origin."""
+        self.bytes_in += len(data)
+        if self.upstream is not None:
+            self.upstream.write(data)
+
+    def tunnel_eof(self) -> None:
+        """The origin half-closed: pass the FIN on to the client."""
+        self.conn.write_eof()
+        self._tunnel_half_closed()
+
+    def tunnel_downstream_eof(self) -> None:
+        """The client half-closed: pass the FIN on to the origin."""
+        if self.upstream is not None:
+            self.upstream.write_eof()
+        self._tunnel_half_closed()
+
+    def _tunnel_half_closed(self) -> None:
+        self.tunnel_eofs += 1
+        if self.tunnel_eofs >= 2:
+            self.conn.close_after_flush()
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def local_error(self, err: errors.ProxyError) -> None:
+        """Answer with the error's status and Envoy wording (before the response started)."""
+        if err.flag:
+            self.flags = err.flag
+        self.details = err.detail or err.body
+        if err.status >= 500 or err.status == 400:
+            log.info(
+                "%s %s -> %d %s (%s)",
+                self.method.decode("latin-1"),
+                self.target.decode("latin-1"),
+                err.status,
+                err.body or "-",
+                err.detail or err.flag or "local reply",
+            )
+        self.send_local_reply(err.status, err.body.encode(), flag=err.flag, close=err.close)
+
+    def send_local_reply(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        flag: str = "",
+        close: bool = False,
+        content_type: bytes | None = None,
+        extra_headers: Headers | None = None,
+    ) -> None:
+        """Write a response made by the proxy and finish the stream."""
+        if self.state >= RESPONDING:
+            return
+        if flag:
+            self.flags = flag
+        self._cancel_waits()
+        self._drop_upstream()
+        # A request whose body has not fully arrived, a CONNECT (its bytes may be tunnel
+        # data) or a draining server: close after the reply rather than guess where the
+        # next request starts.
+        close = (
+            close
+            or not self.keep_alive
+            or not self.request_done
+            or self.is_connect
+            or self.conn.draining
+        )
+        self.resp_status = status
+        self.resp_close = close
+        data = local_reply(
+            status,
+            body,
+            close=close,
+            head=self.method == b"HEAD",
+            extra_headers=extra_headers,
+        )
+        self.bytes_out += len(data)
+        self.state = RESPONDING
+        self.conn.write(data)
+        self._finish()
+
+    def downstream_closed(self) -> None:
+        """The client went away before the exchange finished."""
+        if self.state == DONE:
+            return
+        if self.state == TUNNEL:
+            if self.upstream is not None:
+                self.upstream.close()
+                self.upstream = None
+            self._finish()
+            return
+        if not self.flags:
+            self.flags = rf.DOWNSTREAM_CONNECTION_TERMINATION
+        self._cancel_waits()
+        self._drop_upstream()
+        self.resp_close = True
+        self._finish()
+
+    def _cancel_waits(self) -> None:
+        if self.dns_wait is not None:
+            route = self.route
+            if route is not None:
+                for f in route.chain.request_headers:
+                    cache = getattr(f, "cache", None)
+                    if cache is not None:
+                        cache.cancel_wait(self.dns_wait, self.on_dns_complete)
+            self.dns_wait = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _drop_upstream(self) -> None:
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.detach()
+
+    def _finish(self) -> None:
+        if self.state == DONE:
+            return
+        was_tunnel = self.state == TUNNEL
+        self.state = DONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn = self.conn
+        status = self.resp_status
+        conn.count_response(status)
+        if conn.access_log is not None:
+            conn.access_log.log(self.log_entry())
+        conn.stream_finished(self, was_tunnel)
+
+    def log_entry(self) -> LogEntry:
+        forwarded_for = user_agent = request_id = None
+        for name, value in self.req.forward:
+            lname = name.lower()
+            if lname == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif lname == b"x-forwarded-for":
+                forwarded_for = value.decode("latin-1")
+            elif lname == b"x-request-id":
+                request_id = value.decode("latin-1")
+        host = self.host
+        return LogEntry(
+            start_time=self.start_wall,
+            method=self.method.decode("latin-1"),
+            path="" if self.is_connect else self.path.decode("latin-1"),
+            protocol="HTTP/1.1" if self.version_11 else "HTTP/1.0",
+            status=self.resp_status,
+            flags=self.flags,
+            bytes_received=self.bytes_in,
+            bytes_sent=self.bytes_out,
+            duration_ms=int((time.monotonic() - self.start) * 1000),
+            forwarded_for=forwarded_for,
+            user_agent=user_agent,
+            request_id=request_id,
+            authority=(self.target if self.is_connect else self.host_header).decode("latin-1")
+            or None,
+            upstream_host=self.upstream_address or (host.key if host is not None else None),
+            upstream_address=self.upstream_address or None,
+            details=self.details or None,
+        )
+
+
+def _manipulate(
+    headers: Headers, add: list[tuple[bytes, bytes, bool]], remove: frozenset[bytes]
+) -> Headers:
+    """Gloo headerManipulation: remove by name, then add (append or replace)."""
+    out = [(n, v) for n, v in headers if n.lower() not in remove] if remove else list(headers)
+    for name, value, append in add:
+        if not append:
+            lname = name.lower()
+            out = [(n, v) for n, v in out if n.lower() != lname]
+        out.append((name, value))
+    return out
+
+
+__all__ = ["Stream", "http_date"]

@@ -1,0 +1,283 @@
+"""One connection to an origin: the HTTP/1.1 client side of the codec, and the tunnel end.
+
+States (the only transitions):
+    CONNECTED --request attached--> ACTIVE --response complete & reusable--> IDLE --> ACTIVE ...
+    ACTIVE --101 / CONNECT established--> TUNNEL
+    any --error, close, not reusable--> CLOSED
+Invariant: at most one stream is attached, only in ACTIVE; an IDLE connection is in its
+pool's idle list; a CLOSED connection is never handed out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, cast, Protocol
+
+import httptools
+
+from dfproxy.flow_control import FlowControl
+
+if TYPE_CHECKING:
+    from dfproxy.dns.cache import DnsHostInfo
+    from dfproxy.upstream.pool import UpstreamPool
+
+CONNECTED, ACTIVE, IDLE, TUNNEL, CLOSED = "connected", "active", "idle", "tunnel", "closed"
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection reports to the stream it serves."""
+
+    def upstream_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None: ...
+    def upstream_response_body(self, data: bytes) -> None: ...
+    def upstream_response_complete(self, trailers: list[tuple[bytes, bytes]] | None) -> None: ...
+    def upstream_upgraded(self, rest: bytes) -> None: ...
+    def upstream_reset(self, reason: str) -> None: ...
+    def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
+    def tunnel_data(self, data: bytes) -> None: ...
+    def tunnel_eof(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """HTTP/1.1 to one origin address, reused across requests through the pool."""
+
+    __slots__ = (
+        "pool",
+        "host",
+        "key",
+        "address",
+        "transport",
+        "state",
+        "sink",
+        "parser",
+        "headers",
+        "trailers",
+        "status",
+        "interim",
+        "head_done",
+        "head_request",
+        "close_after",
+        "idle_since",
+        "requests",
+        "flow",
+        "received_any",
+        "request_done",
+    )
+
+    def __init__(self, pool: UpstreamPool, host: DnsHostInfo) -> None:
+        self.pool = pool
+        self.host = host
+        self.key = host.key
+        self.address = ""
+        self.transport: asyncio.Transport | None = None
+        self.state = CONNECTED
+        self.sink: ResponseSink | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.status = 0
+        self.interim = False
+        self.head_done = False
+        self.head_request = False
+        self.close_after = False
+        self.idle_since = 0.0
+        self.requests = 0
+        self.flow: FlowControl | None = None
+        self.received_any = False
+        self.request_done = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, hence no isinstance check.
+        self.transport = t = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(t)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            host = peer[0]
+            self.address = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == TUNNEL:
+            assert self.sink is not None
+            self.sink.tunnel_data(data)
+            return
+        if self.sink is None:
+            # Bytes while idle: the origin is misbehaving; the connection is unusable.
+            self.close()
+            return
+        self.received_any = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade(data[exc.args[0] :])
+        except httptools.HttpParserError as exc:
+            sink = self.sink
+            self.close()
+            if sink is not None:
+                sink.upstream_reset(f"protocol error: {exc}")
+
+    def eof_received(self) -> bool | None:
+        if self.state == TUNNEL and self.sink is not None:
+            self.sink.tunnel_eof()
+            return True  # keep our write side open: half-close (RFC 9293 §3.6)
+        if (
+            self.state == ACTIVE
+            and self.head_done
+            and self.sink is not None
+            and not self.interim
+            and not self._has_length()
+        ):
+            # A response delimited by close (RFC 9112 §6.3 rule 8) ends here.
+            self.close_after = True
+            self.on_message_complete()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        prior = self.state
+        self.state = CLOSED
+        self.pool.on_closed(self)
+        sink, self.sink = self.sink, None
+        if sink is None:
+            return
+        if prior == TUNNEL:
+            sink.tunnel_eof()
+            sink.upstream_reset("tunnel closed")
+        elif prior == ACTIVE:
+            sink.upstream_reset("connection termination")
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.trailers = None
+        self.head_done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers.append((name, value))
+        else:
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        status = self.parser.get_status_code()
+        self.status = status
+        if 100 <= status < 200 and status != 101:
+            # Interim responses are not forwarded (Envoy answers 100-continue itself).
+            self.interim = True
+            return
+        self.interim = False
+        if not self.parser.should_keep_alive():
+            self.close_after = True
+        sink = self.sink
+        if sink is None:
+            return
+        sink.upstream_response_head(status, b"", self.headers)
+        if self.head_request or status == 204 or status == 304:
+            # RFC 9112 §6.3: no body, whatever the framing headers say. httptools cannot be
+            # told the request was HEAD, so the message ends here and the parser is renewed.
+            self.parser = httptools.HttpResponseParser(self)
+            self._complete(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None and not self.interim:
+            self.sink.upstream_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.sink is not None and self.head_done:
+            self._complete(self.trailers)
+
+    def _complete(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        sink, self.sink = self.sink, None
+        self.head_done = False
+        self.headers = []
+        if sink is None:
+            return
+        self.pool.release(self)
+        sink.upstream_response_complete(trailers)
+
+    def _has_length(self) -> bool:
+        for name, _ in self.headers:
+            lname = name.lower()
+            if lname == b"content-length" or lname == b"transfer-encoding":
+                return True
+        return False
+
+    def _on_upgrade(self, rest: bytes) -> None:
+        if self.status != 101 or self.sink is None:
+            self.close()
+            return
+        self.state = TUNNEL
+        self.sink.upstream_upgraded(rest)
+
+    # -- used by the stream ----------------------------------------------------------------------
+
+    def attach(self, sink: ResponseSink, head_request: bool) -> None:
+        """Serve one request: responses now go to ``sink``."""
+        self.state = ACTIVE
+        self.sink = sink
+        self.head_request = head_request
+        self.received_any = False
+        self.request_done = False
+        self.requests += 1
+
+    def detach(self) -> None:
+        """The stream gave up on this connection mid-exchange: it cannot be reused."""
+        self.sink = None
+        self.close()
+
+    def start_tunnel(self, sink: ResponseSink) -> None:
+        """Raw bytes from now on (CONNECT terminated by us)."""
+        self.state = TUNNEL
+        self.sink = sink
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def write_eof(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing() and t.can_write_eof():
+            t.write_eof()
+
+    def close(self) -> None:
+        if self.state != CLOSED:
+            self.state = CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.state = CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+    def mark_idle(self) -> None:
+        self.state = IDLE
+        self.idle_since = time.monotonic()
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            not self.close_after
+            and self.request_done
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and self.state in (ACTIVE, IDLE)
+        )

@@ -1,0 +1,156 @@
+"""Upstream connection pool: idle keep-alive connections per DNS cache key (``host:port``).
+
+Envoy keeps one pool per logical host; so do we. Idle connections are reused LIFO (the most
+recently used is the least likely to have been closed by the origin), bounded per host and
+closed after ``idle_timeout``. New connections are opened with Happy Eyeballs over the host's
+address list, bounded by ``connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from dfproxy.dns.cache import DnsHostInfo
+from dfproxy.stats import StatsStore
+from dfproxy.tasks import spawn
+from dfproxy.upstream.connect import happy_eyeballs_connect
+from dfproxy.upstream.connection import CLOSED, IDLE, UpstreamConnection
+
+log = logging.getLogger("dfproxy.upstream")
+
+ConnectCallback = Callable[[UpstreamConnection | None, str], None]
+
+SWEEP_INTERVAL = 5.0
+
+
+class UpstreamPool:
+    """All upstream connections of one cluster in one worker."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stats: StatsStore,
+        cluster_name: str,
+        *,
+        connect_timeout: float = 5.0,
+        idle_timeout: float = 3600.0,
+        max_idle_per_host: int = 64,
+    ) -> None:
+        self.loop = loop
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle_per_host = max_idle_per_host
+        self.idle: dict[str, list[UpstreamConnection]] = {}
+        self.active = 0
+        self.closing = False
+        prefix = f"cluster.{cluster_name}."
+        self.st_cx_total = stats.counter(prefix + "upstream_cx_total")
+        self.st_cx_active = stats.gauge(prefix + "upstream_cx_active")
+        self.st_cx_connect_fail = stats.counter(prefix + "upstream_cx_connect_fail")
+        self.st_cx_connect_timeout = stats.counter(prefix + "upstream_cx_connect_timeout")
+        self.st_rq_total = stats.counter(prefix + "upstream_rq_total")
+        self._sweeper: asyncio.TimerHandle | None = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def get_idle(self, key: str) -> UpstreamConnection | None:
+        """An idle connection to ``key`` ready for a request, or None."""
+        conns = self.idle.get(key)
+        while conns:
+            conn = conns.pop()
+            if (
+                conn.state == IDLE
+                and conn.transport is not None
+                and not conn.transport.is_closing()
+            ):
+                return conn
+        return None
+
+    def connect(self, host: DnsHostInfo, callback: ConnectCallback) -> asyncio.Task[None]:
+        """Open a new connection to ``host`` in the background; ``callback(conn, "")`` on
+        success, ``callback(None, reason)`` on failure ("timeout" or the OS error text)."""
+        return spawn(self._connect(host, callback), name=f"connect:{host.key}")
+
+    async def _connect(self, host: DnsHostInfo, callback: ConnectCallback) -> None:
+        addresses = [a[0] for a in host.addresses]
+        try:
+            _, conn = await asyncio.wait_for(
+                happy_eyeballs_connect(
+                    self.loop, lambda: UpstreamConnection(self, host), addresses, host.port
+                ),
+                self.connect_timeout,
+            )
+        except TimeoutError:
+            self.st_cx_connect_fail.value += 1
+            self.st_cx_connect_timeout.value += 1
+            callback(None, "timeout")
+            return
+        except OSError as exc:
+            self.st_cx_connect_fail.value += 1
+            callback(None, exc.strerror or str(exc))
+            return
+        self.st_cx_total.value += 1
+        self.active += 1
+        self.st_cx_active.value = self.active
+        callback(conn, "")
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Take ``conn`` back after a complete exchange; keep it idle if it can be reused."""
+        if not conn.reusable or self.closing:
+            conn.close()
+            return
+        conns = self.idle.get(conn.key)
+        if conns is None:
+            conns = self.idle[conn.key] = []
+        if len(conns) >= self.max_idle_per_host:
+            conn.close()
+            return
+        conn.mark_idle()
+        conns.append(conn)
+
+    def on_closed(self, conn: UpstreamConnection) -> None:
+        """Connection lost (either side closed it)."""
+        if conn.transport is not None:
+            self.active -= 1
+            self.st_cx_active.value = self.active
+            conn.transport = None
+        conns = self.idle.get(conn.key)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self.idle[conn.key]
+
+    def forget_host(self, host: DnsHostInfo) -> None:
+        """The DNS cache dropped ``host``: close its idle connections (busy ones finish)."""
+        for conn in self.idle.pop(host.key, ()):
+            conn.close()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for key in list(self.idle):
+            conns = self.idle[key]
+            keep = []
+            for conn in conns:
+                if conn.state == CLOSED:
+                    continue
+                if now - conn.idle_since > self.idle_timeout:
+                    conn.close()
+                else:
+                    keep.append(conn)
+            if keep:
+                self.idle[key] = keep
+            else:
+                del self.idle[key]
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def close_idle(self) -> None:
+        """Close every idle connection and stop pooling (shutdown)."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.close()
+        self.idle.clear()
