@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import shlex
 import shutil
 import signal
@@ -65,6 +66,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="seconds of warm-up per cell (default 2)")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--big-mib", type=int, default=256, help="size of /big for the bulk runs")
+    p.add_argument(
+        "--dfproxy-args",
+        type=shlex.split,
+        default=[],
+        help='extra arguments for `dfproxy run`, e.g. "-c bench/my-gateway.yaml"',
+    )
     p.add_argument("--no-install", action="store_true", help="never run apt-get")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
@@ -133,8 +140,15 @@ def _progress(done: int, total: int, cell: Cell) -> None:
 class Runner:
     """Runs every scenario against each target in turn, collecting cells."""
 
-    def __init__(self, ctx: Context, scenarios: list[Scenario], total_targets: int) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        scenarios: list[Scenario],
+        total_targets: int,
+        dfproxy_args: Sequence[str] = (),
+    ) -> None:
         self.ctx = ctx
+        self.dfproxy_args = dfproxy_args
         self.scenarios = scenarios
         self.cells: list[Cell] = []
         self.total = total_targets * len(scenarios)
@@ -154,7 +168,8 @@ class Runner:
     def run_peer(self, name: str, procs: Procs, workdir: Path) -> str | None:
         """Start, measure and stop one proxy; returns a note if it could not start."""
         try:
-            peer = start_peer(name, procs, workdir, self.ctx.origin, self.ctx.dns)
+            ctx = self.ctx
+            peer = start_peer(name, procs, workdir, ctx.origin, ctx.dns, self.dfproxy_args)
         except (StartError, OSError) as exc:
             why = f"{name} did not start: {exc}"
             print(why, flush=True)
@@ -203,10 +218,12 @@ def main(argv: Sequence[str]) -> int:
     settings = settings_from(args)
     scenarios = select_scenarios(args.only)
     peers, notes = prepare_tools(select_peers(args.peers), install=not args.no_install)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started as `cmd &`
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     raise_nofile()
     started, t0 = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), time.monotonic()
+    loadavg = " ".join(f"{x:.2f}" for x in os.getloadavg())
     est = _estimate_s(settings, scenarios, 1 + len(peers))
     print(f"targets: direct, {', '.join(peers) or '(no peers)'}; about {est / 60:.1f} min")
     tmp = Path(tempfile.mkdtemp(prefix="dfproxy-bench-"))
@@ -219,7 +236,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         origin = start_origin(procs, tmp / "origin", args.big_mib)
         dns = start_dns(procs, tmp / "dns")
-        runner = Runner(Context(origin, dns, settings), scenarios, 1 + len(peers))
+        ctx = Context(origin, dns, settings)
+        runner = Runner(ctx, scenarios, 1 + len(peers), args.dfproxy_args)
         runner.run_target(Target("direct", origin.port))
         for name in peers:
             note = runner.run_peer(name, procs, tmp / name)
@@ -242,7 +260,8 @@ def main(argv: Sequence[str]) -> int:
     if interrupted:
         notes.append("run interrupted: partial results")
     meta = _meta(args, settings, origin, dns)
-    meta |= {"started": started, "elapsed_s": time.monotonic() - t0, "notes": notes}
+    meta |= {"started": started, "elapsed_s": time.monotonic() - t0, "loadavg": loadavg}
+    meta["notes"] = notes
     table_peers = ["direct", *peers]
     markdown = render_markdown(meta, runner.cells, scenarios, table_peers, notes)
     md_path, json_path = write_results(args.results_dir, markdown, meta, runner.cells)

@@ -47,6 +47,7 @@ class AdminServer:
             "/reset_counters": self.reset_counters,
         }
         self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
         self.healthy = True
 
     async def start(self, host: str, port: int) -> int:
@@ -56,9 +57,12 @@ class AdminServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for writer in list(self._clients):
+                writer.close()  # idle keep-alive admin clients would hold wait_closed()
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
         try:
             while True:
                 try:
@@ -88,6 +92,7 @@ class AdminServer:
                 else:
                     await self._respond(writer, status, ctype, body)
         finally:
+            self._clients.discard(writer)
             writer.close()
 
     async def _respond(

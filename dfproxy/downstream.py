@@ -30,6 +30,7 @@ from dfproxy.flow_control import (
     PEER_BACKPRESSURE,
     PIPELINE_QUEUE,
     FlowControl,
+    set_nodelay,
 )
 from dfproxy.http import response_flags as rf
 from dfproxy.http.authority import Authority, AuthorityError, parse_authority, split_host_port
@@ -73,6 +74,7 @@ class HttpConnection(asyncio.Protocol):
         "_headers",
         "_trailers",
         "_head_done",
+        "_corked",
         "st_tunnels",
     )
 
@@ -96,6 +98,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._head_done = False
+        self._corked: list[bytes] | None = None
         self.st_tunnels = listener.st_tunnels
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -104,6 +107,7 @@ class HttpConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, hence no isinstance check.
         self.transport = t = cast(asyncio.Transport, transport)
         self.flow = FlowControl(t)
+        set_nodelay(t)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         sock = transport.get_extra_info("sockname")
@@ -324,16 +328,35 @@ class HttpConnection(asyncio.Protocol):
     # -- used by streams -------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        corked = self._corked
+        if corked is not None:
+            corked.append(data)
+            return
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
+    def cork(self) -> None:
+        """Collect writes until uncork(): a response head and its body leave in one send
+        (one syscall less per small response; measured with make bench)."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        corked = self._corked
+        if corked is not None:
+            self._corked = None
+            if corked:
+                self.write(corked[0] if len(corked) == 1 else b"".join(corked))
+
     def write_eof(self) -> None:
+        self.uncork()
         transport = self.transport
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
             transport.write_eof()
 
     def close_after_flush(self) -> None:
+        self.uncork()
         if self.transport is not None:
             self.transport.close()
 

@@ -8,6 +8,7 @@ request body is buffered before the upstream is ready); it resumes only when non
 from __future__ import annotations
 
 import asyncio
+import socket
 
 # Per-transport write buffer limits. asyncio's default high-water mark is 64 KiB; 256 KiB
 # keeps bulk CONNECT throughput near direct while bounding memory per connection.
@@ -18,6 +19,16 @@ LOW_WATER = 64 * 1024
 PEER_BACKPRESSURE = 1
 PIPELINE_QUEUE = 2
 BODY_BUFFER = 4
+
+
+def set_nodelay(transport: asyncio.Transport) -> None:
+    """Disable Nagle: a proxy's small writes must not wait for the peer's delayed ACK."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 class FlowControl:

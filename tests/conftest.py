@@ -121,7 +121,7 @@ ProxyFactory = Callable[..., ProxyProcess]
 @pytest.fixture
 def proxy_factory(tmp_path: Path, dns_server: DNSTestServer) -> Iterator[ProxyFactory]:
     """``proxy_factory(*extra_args, loop="uvloop", dns_resolver=<dns_server>, env=None,
-    wait_ready=True, log_level="debug", name=None) -> ProxyProcess`` (started; stopped
+    wait_ready=True, log_level="debug", name=None, timeout=15) -> ProxyProcess`` (started; stopped
     with SIGTERM then SIGKILL after 10 s at teardown)."""
     started: list[ProxyProcess] = []
 
@@ -133,6 +133,7 @@ def proxy_factory(tmp_path: Path, dns_server: DNSTestServer) -> Iterator[ProxyFa
         wait_ready: bool = True,
         log_level: str = "debug",
         name: str | None = None,
+        timeout: float = 15.0,
     ) -> ProxyProcess:
         p = ProxyProcess.launch(
             tmp_path,
@@ -143,6 +144,7 @@ def proxy_factory(tmp_path: Path, dns_server: DNSTestServer) -> Iterator[ProxyFa
             name=name or f"proxy{len(started) + 1}",
             env=env,
             wait_ready=wait_ready,
+            timeout=timeout,
         )  # a failed start kills its process before raising
         started.append(p)
         return p

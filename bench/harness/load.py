@@ -135,3 +135,17 @@ def run_curl(url: str, proxy_port: int | None, extra: Sequence[str] = ()) -> Cur
         size=int(fields[2]),
         speed=float(fields[3]),
     )
+
+
+def curl_sample(url: str, proxy_port: int | None, extra: Sequence[str] = ()) -> str:
+    """One request's status and the start of its body, to explain error responses."""
+    argv = curl_argv(url, proxy_port, extra)
+    i = argv.index("-o")
+    argv[i : i + 4] = ["-o", "-", "-w", "\n%{http_code}"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return "sample request timed out"
+    body, _, code = done.stdout.decode(errors="replace").rpartition("\n")
+    snippet = " ".join(body.split())[:80]
+    return f"sample: HTTP {code or '?'} {snippet!r}" if snippet else f"sample: HTTP {code or '?'}"

@@ -9,22 +9,28 @@ from pathlib import Path
 
 from harness.scenarios import Cell, Scenario
 
+PEER_CAVEATS = {
+    "nginx": "nginx: `proxy_pass http://$http_host$request_uri` (a variable proxy_pass, the only "
+    "way to forward to any host) cannot use an `upstream {}` keepalive pool, so nginx opens a "
+    "new connection to the origin for every proxied request. That is what nginx users get; "
+    "stock nginx has no CONNECT either.",
+    "squid": "Squid rejects origin-form requests on a forward-proxy port (it needs `accel` "
+    "mode), so keepalive-host is n/a for it. Squid resolves A and AAAA for each name, so its "
+    "DNS floor is twice the one shown.",
+    "haproxy": "HAProxy: the destination comes from `do-resolve` + `set-dst`. Measured here "
+    "with HAProxy 2.6, do-resolve sends about one DNS query per request even with `hold valid "
+    "300s` (the answer is not kept between requests), so the Python DNS server (on the load "
+    "CPU) bounds the multi-host cells. HAProxy has no CONNECT tunnelling of its own.",
+}
 CAVEATS = (
-    "nginx: `proxy_pass http://$http_host$request_uri` (a variable proxy_pass, the only way to "
-    "forward to any host) cannot use an `upstream {}` keepalive pool, so nginx opens a new "
-    "connection to the origin for every proxied request. That is what nginx users get; stock "
-    "nginx has no CONNECT either.",
-    "Squid rejects origin-form requests on a forward-proxy port (it needs `accel` mode), so "
-    "keepalive-host is n/a for it. Squid resolves A and AAAA for each name.",
-    "HAProxy: the destination comes from `do-resolve` + `set-dst`; a do-resolve answer is "
-    "shared only while a resolution for that name is in flight (it is not kept for `hold "
-    "valid`), so HAProxy queries DNS on most requests to a name. HAProxy has no CONNECT "
-    "tunnelling of its own.",
     "wrk counts HTTP status >= 400 as errors (plus socket errors and timeouts); a cell with "
     "more than 1% errors is marked invalid, a scenario whose probe request fails is n/a.",
     "DNS q/1k: DNS queries received per 1,000 requests over probe + warm-up + measured run; "
     "floor: one query per distinct name in that time (a cache that keeps every name for the "
     "300 s TTL).",
+    "Two cores only: the load generator, the origin and the DNS server share CPU 1, so the "
+    "direct baseline is bounded by wrk + origin on one core, and anything else running on the "
+    "machine shows up as noise (see the load average above).",
 )
 
 
@@ -135,6 +141,7 @@ def _meta_lines(meta: dict[str, object]) -> list[str]:
         f"- Machine: nproc={machine['nproc']}, CPU: {machine['cpu_model']}, "
         f"kernel {machine['kernel']}, Python {machine['python']}",
         f"- Pinning: {meta['pinning']}",
+        f"- Load average before the run: {meta['loadavg']}",
         f"- Load: {meta['load']}",
         f"- DNS server: {meta['dns']}",
         "- Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()),
@@ -159,7 +166,8 @@ def render_markdown(
     if "dfproxy" in peers:
         parts += ["## Ratios (dfproxy throughput / other)", ratio_table(cells, scenarios, peers)]
     parts += ["## Scenarios", "\n".join(f"- `{s.name}`: {s.summary}" for s in scenarios)]
-    parts += ["## Notes", "\n".join(f"- {n}" for n in [*notes, *CAVEATS])]
+    caveats = [PEER_CAVEATS[p] for p in peers if p in PEER_CAVEATS]
+    parts += ["## Notes", "\n".join(f"- {n}" for n in [*notes, *caveats, *CAVEATS])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -169,6 +177,10 @@ def write_results(
     results_dir.mkdir(parents=True, exist_ok=True)
     md_path, json_path = results_dir / "latest.md", results_dir / "latest.json"
     md_path.write_text(markdown)
-    payload = {"meta": meta, "cells": [asdict(c) for c in cells]}
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    payload = json.dumps({"meta": meta, "cells": [asdict(c) for c in cells]}, indent=2) + "\n"
+    json_path.write_text(payload)
+    raw = results_dir / "raw"  # history, git-ignored
+    raw.mkdir(exist_ok=True)
+    stamp = str(meta.get("started", "run")).replace(":", "").replace("+0000", "Z")
+    (raw / f"{stamp}.json").write_text(payload)
     return md_path, json_path

@@ -7,7 +7,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from harness.load import CurlResult, LoadError, WrkRequest, WrkResult, run_curl, run_wrk
+from harness.load import (
+    CurlResult,
+    LoadError,
+    WrkRequest,
+    WrkResult,
+    curl_sample,
+    run_curl,
+    run_wrk,
+)
 from harness.procs import Proc
 from harness.servers import LOOPBACK, Dns, Origin
 
@@ -118,13 +126,27 @@ def wrk_request(target: Target, scenario: Scenario, origin_port: int) -> WrkRequ
     return WrkRequest(target.port, "static.lua", (path, authority), headers)
 
 
-def probe(target: Target, scenario: Scenario, origin_port: int) -> CurlResult:
-    """One request shaped like the scenario's, to tell 'unsupported' from 'slow'."""
-    authority = _authority(scenario, origin_port)
+def _probe_args(
+    target: Target, scenario: Scenario, authority: str
+) -> tuple[str, int | None, list[str]]:
+    """curl's (url, proxy port, extra args) for one request shaped like the scenario's."""
     extra = ["-H", "Connection: close"] if scenario.close else []
     if target.proxy and scenario.form == "absolute":
-        return run_curl(f"http://{authority}/", target.port, extra)
-    return run_curl(f"http://{LOOPBACK}:{target.port}/", None, [*extra, "-H", f"Host: {authority}"])
+        return f"http://{authority}/", target.port, extra
+    return f"http://{LOOPBACK}:{target.port}/", None, [*extra, "-H", f"Host: {authority}"]
+
+
+def probe(target: Target, scenario: Scenario, origin_port: int) -> CurlResult:
+    """One request shaped like the scenario's first one, to tell 'unsupported' from 'slow'."""
+    return run_curl(*_probe_args(target, scenario, _authority(scenario, origin_port)))
+
+
+def sample_error(target: Target, scenario: Scenario, origin_port: int) -> str:
+    """Status and body of the scenario's last request (e.g. the 10,000th name)."""
+    authority = _authority(scenario, origin_port)
+    if scenario.hosts:
+        authority = f"h{scenario.hosts - 1}.{scenario.host_suffix}:{origin_port}"
+    return curl_sample(*_probe_args(target, scenario, authority))
 
 
 def _dns_counts(ctx: Context) -> Counter[str] | None:
@@ -184,7 +206,8 @@ def run_wrk_cell(target: Target, scenario: Scenario, ctx: Context) -> Cell:
         cell.status, cell.note = "failed", "no responses"
     elif (cell.error_pct or 0.0) > 100.0 * st.error_limit:
         cell.status = "invalid"
-        cell.note = f"{cell.error_pct:.1f}% errors (status {res.status_errors})"
+        cell.note = f"{cell.error_pct:.1f}% errors (HTTP >= 400: {res.status_errors}); "
+        cell.note += sample_error(target, scenario, origin_port)
     return cell
 
 

@@ -8,6 +8,7 @@ import pwd
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,11 +146,13 @@ def start_dns(procs: Procs, workdir: Path) -> Dns:
     return dns
 
 
-def _start_dfproxy(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Peer:
+def _start_dfproxy(
+    procs: Procs, workdir: Path, origin: Origin, dns: Dns, extra: Sequence[str] = ()
+) -> Peer:
     port, admin = free_port(), free_port()
     argv = [sys.executable, "-m", "dfproxy", "run", "--listen", f"{LOOPBACK}:{port}"]
     argv += ["--admin", f"{LOOPBACK}:{admin}", "--dns-resolver", dns.address]
-    argv += ["--log-level", "warning"]
+    argv += ["--log-level", "warning", *extra]
     proc = procs.start("dfproxy", argv, log_path=workdir / "out.log", cpu=PROXY_CPU, cwd=ROOT)
 
     def ready() -> bool:
@@ -228,16 +231,25 @@ def _start_haproxy(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Pee
 
 
 STARTERS = {
-    "dfproxy": _start_dfproxy,
     "nginx": _start_nginx,
     "squid": _start_squid,
     "haproxy": _start_haproxy,
 }
 
 
-def start_peer(name: str, procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Peer:
+def start_peer(
+    name: str,
+    procs: Procs,
+    workdir: Path,
+    origin: Origin,
+    dns: Dns,
+    dfproxy_args: Sequence[str] = (),
+) -> Peer:
     workdir.mkdir(parents=True)
-    peer = STARTERS[name](procs, workdir, origin, dns)
+    if name == "dfproxy":
+        peer = _start_dfproxy(procs, workdir, origin, dns, dfproxy_args)
+    else:
+        peer = STARTERS[name](procs, workdir, origin, dns)
     time.sleep(0.2)  # let a process that dies right after binding show it
     if not peer.proc.alive():
         raise _fail(peer.proc, name)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, cast, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from dfproxy.flow_control import FlowControl
+from dfproxy.flow_control import FlowControl, set_nodelay
 
 if TYPE_CHECKING:
     from dfproxy.dns.cache import DnsHostInfo
@@ -25,8 +25,16 @@ if TYPE_CHECKING:
 CONNECTED, ACTIVE, IDLE, TUNNEL, CLOSED = "connected", "active", "idle", "tunnel", "closed"
 
 
+class Corkable(Protocol):
+    def cork(self) -> None: ...
+    def uncork(self) -> None: ...
+
+
 class ResponseSink(Protocol):
     """What an upstream connection reports to the stream it serves."""
+
+    @property
+    def conn(self) -> Corkable: ...
 
     def upstream_response_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
@@ -95,6 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, hence no isinstance check.
         self.transport = t = cast(asyncio.Transport, transport)
         self.flow = FlowControl(t)
+        set_nodelay(t)
         peer = transport.get_extra_info("peername")
         if peer:
             host = peer[0]
@@ -110,6 +119,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.received_any = True
+        down = self.sink.conn
+        down.cork()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -119,6 +130,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             if sink is not None:
                 sink.upstream_reset(f"protocol error: {exc}")
+        finally:
+            down.uncork()
 
     def eof_received(self) -> bool | None:
         if self.state == TUNNEL and self.sink is not None:
