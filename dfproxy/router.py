@@ -123,6 +123,7 @@ class Route:
     websocket: bool = True
     timeout: float = 15.0
     prefix_rewrite: str | None = None
+    host_rewrite: bytes | None = None
     request_headers_to_add: list[tuple[bytes, bytes, bool]] = field(default_factory=list)
     request_headers_to_remove: frozenset[bytes] = frozenset()
     response_headers_to_add: list[tuple[bytes, bytes, bool]] = field(default_factory=list)

@@ -281,8 +281,15 @@ class Stream:
             headers = _manipulate(
                 headers, route.request_headers_to_add, route.request_headers_to_remove
             )
+        host_header = self.host_header
+        path = self.path
+        if route is not None:
+            if route.host_rewrite is not None:
+                host_header = route.host_rewrite
+            if route.prefix_rewrite is not None:
+                path = _rewrite_prefix(path, route)
         head = serialize(
-            b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (self.method, self.path, self.host_header),
+            b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (self.method, path, host_header),
             headers,
             framing,
         )
@@ -663,6 +670,16 @@ class Stream:
             upstream_address=self.upstream_address or None,
             details=self.details or None,
         )
+
+
+def _rewrite_prefix(path: bytes, route: Route) -> bytes:
+    """Gloo prefixRewrite: replace the part of the path the matching prefix matcher matched."""
+    assert route.prefix_rewrite is not None
+    text = path.decode("latin-1")
+    for m in route.matchers:
+        if m.prefix is not None and text.startswith(m.prefix):
+            return (route.prefix_rewrite + text[len(m.prefix) :]).encode("latin-1")
+    return path
 
 
 def _manipulate(
