@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 
-from dnslib import QTYPE, RCODE, RR, SOA, A, DNSLabel, DNSRecord
+from dnslib import QTYPE, RCODE, RR, SOA, A, DNSLabel, DNSRecord  # type: ignore[import-untyped]
 
 ZONE = DNSLabel("bench.test.")
 ANSWER_IP = "127.0.0.1"

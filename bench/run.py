@@ -157,28 +157,31 @@ class Runner:
         self.cells.append(cell)
         _progress(len(self.cells), self.total, cell)
 
-    def run_target(self, target: Target) -> None:
+    def run_direct(self, origin_port: int) -> None:
+        target = Target("direct", origin_port)
         for scenario in self.scenarios:
             self.add(run_cell(target, scenario, self.ctx))
 
-    def fail_all(self, peer: str, why: str) -> None:
-        for scenario in self.scenarios:
-            self.add(Cell(scenario.name, peer, "failed", why))
-
     def run_peer(self, name: str, procs: Procs, workdir: Path) -> str | None:
-        """Start, measure and stop one proxy; returns a note if it could not start."""
-        try:
-            ctx = self.ctx
-            peer = start_peer(name, procs, workdir, ctx.origin, ctx.dns, self.dfproxy_args)
-        except (StartError, OSError) as exc:
-            why = f"{name} did not start: {exc}"
-            print(why, flush=True)
-            self.fail_all(name, str(exc).splitlines()[0][:200])
-            return why
-        try:
-            self.run_target(Target(name, peer.port, peer.proc, peer.unsupported, peer.notes))
-        finally:
-            procs.stop(peer.proc)
+        """Each scenario against a freshly started proxy (no cache or pool state carried over
+        from the previous scenario); returns a note if the proxy could not start."""
+        ctx = self.ctx
+        for i, scenario in enumerate(self.scenarios):
+            try:
+                peer = start_peer(
+                    name, procs, workdir / scenario.name, ctx.origin, ctx.dns, self.dfproxy_args
+                )
+            except (StartError, OSError) as exc:
+                why = f"{name} did not start: {exc}"
+                print(why, flush=True)
+                for rest in self.scenarios[i:]:
+                    self.add(Cell(rest.name, name, "failed", str(exc).splitlines()[0][:200]))
+                return why
+            try:
+                target = Target(name, peer.port, peer.proc, peer.unsupported, peer.notes)
+                self.add(run_cell(target, scenario, ctx))
+            finally:
+                procs.stop(peer.proc)
         return None
 
 
@@ -186,7 +189,7 @@ def _meta(
     args: argparse.Namespace, settings: Settings, origin: Origin | None, dns: Dns | None
 ) -> dict[str, object]:
     return {
-        "command": "bench/run.py " + shlex.join(sys.argv[1:]),
+        "command": shlex.join(["bench/run.py", *sys.argv[1:]]),
         "machine": machine_info(),
         "settings": vars(settings) | {"big_mib": args.big_mib},
         "pinning": (
@@ -238,7 +241,7 @@ def main(argv: Sequence[str]) -> int:
         dns = start_dns(procs, tmp / "dns")
         ctx = Context(origin, dns, settings)
         runner = Runner(ctx, scenarios, 1 + len(peers), args.dfproxy_args)
-        runner.run_target(Target("direct", origin.port))
+        runner.run_direct(origin.port)
         for name in peers:
             note = runner.run_peer(name, procs, tmp / name)
             if note:

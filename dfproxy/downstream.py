@@ -33,7 +33,13 @@ from dfproxy.flow_control import (
     set_nodelay,
 )
 from dfproxy.http import response_flags as rf
-from dfproxy.http.authority import Authority, AuthorityError, parse_authority, split_host_port
+from dfproxy.http.authority import (
+    Authority,
+    AuthorityError,
+    parse_authority,
+    parse_authority_cached,
+    split_host_port,
+)
 from dfproxy.http.headers import HeaderError, classify_request
 from dfproxy.http.local_reply import local_reply
 from dfproxy.stream import QUEUED, Stream
@@ -224,9 +230,7 @@ class HttpConnection(asyncio.Protocol):
                 path = url
                 host_header = req.host or b""
                 if host_header:
-                    authority = parse_authority(
-                        host_header.decode("latin-1"), self.listener.default_port
-                    )
+                    authority = parse_authority_cached(host_header, self.listener.default_port)
             else:
                 path, host_header, authority = self._absolute_form(url)
         except AuthorityError as exc:
@@ -277,9 +281,7 @@ class HttpConnection(asyncio.Protocol):
         path = rest[end:] or b"/"
         if path[:1] == b"?":
             path = b"/" + path
-        authority = None
-        if host_header:
-            authority = parse_authority(host_header.decode("latin-1"), 80)
+        authority = parse_authority_cached(host_header, 80) if host_header else None
         return path, host_header, authority
 
     def on_body(self, body: bytes) -> None:

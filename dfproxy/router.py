@@ -72,8 +72,20 @@ class Matcher:
     headers: tuple[HeaderMatcher, ...] = ()
     query: tuple[QueryMatcher, ...] = ()
     methods: frozenset[bytes] = frozenset()
+    # prefix "/" and nothing else: every non-CONNECT request matches (the default route).
+    any_request: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        trivial = (
+            self.prefix == "/"
+            and not self.connect
+            and not (self.headers or self.query or self.methods)
+        )
+        object.__setattr__(self, "any_request", trivial)
 
     def matches(self, stream: Stream) -> bool:
+        if self.any_request:
+            return not stream.is_connect
         if self.connect:
             if not stream.is_connect:
                 return False
@@ -200,7 +212,7 @@ class RouteTable:
         return self.default
 
     def select(self, stream: Stream) -> Route | None:
-        vh = self.find_vhost(stream.route_host())
+        vh = self.default if self.only_default else self.find_vhost(stream.route_host())
         if vh is None:
             return None
         return vh.select(stream)

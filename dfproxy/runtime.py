@@ -122,6 +122,8 @@ class Runtime:
         )
 
     def close(self) -> None:
+        for _, listener in self.listeners:
+            listener.close()
         for cluster in self.clusters.values():
             cluster.dns_cache.close()
             cluster.pool.close_idle()

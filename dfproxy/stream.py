@@ -14,7 +14,6 @@ through ``_finish`` exactly once; a local reply is only possible before RESPONDI
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -85,12 +84,11 @@ class Stream:
         "resp_no_body",
         "resp_close",
         "start",
-        "start_wall",
+        "deadline",
         "bytes_in",
         "bytes_out",
         "flags",
         "details",
-        "timer",
         "filter_state",
         "upstream_address",
         "sent_continue",
@@ -137,12 +135,11 @@ class Stream:
         self.resp_no_body = False
         self.resp_close = False
         self.start = time.monotonic()
-        self.start_wall = time.time()
+        self.deadline = 0.0  # route timeout, checked by the listener's sweep (0: none)
         self.bytes_in = 0
         self.bytes_out = 0
         self.flags = ""
         self.details = ""
-        self.timer: asyncio.TimerHandle | None = None
         self.filter_state: dict[str, object] | None = None
         self.upstream_address = ""
         self.sent_continue = False
@@ -347,11 +344,24 @@ class Stream:
         conn.request_done = True
         route = self.route
         timeout = route.timeout if route is not None else 15.0
-        if timeout and self.state == FORWARDING and self.timer is None:
-            self.timer = self.conn.loop.call_later(timeout, self._on_timeout)
+        if timeout and self.state == FORWARDING and not self.deadline:
+            # Envoy's route timeout runs from the end of the request. A request without a
+            # body ends as it starts: reuse the start time rather than read the clock again.
+            # Deadlines are checked by Listener's sweep: a timer per request cost 2.6 µs.
+            now = (
+                self.start
+                if self.req.content_length is None and not self.req.chunked
+                else (time.monotonic())
+            )
+            self.deadline = now + timeout
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the listener's sweep for the head-of-line stream."""
+        if self.deadline and now >= self.deadline and self.state in (FORWARDING, RESPONDING):
+            self.deadline = 0.0
+            self._on_timeout()
 
     def _on_timeout(self) -> None:
-        self.timer = None
         if self.state == FORWARDING:
             self._drop_upstream()
             self.local_error(errors.UpstreamTimeout())
@@ -491,9 +501,7 @@ class Stream:
     def _enter_tunnel(self, upstream_rest: bytes) -> None:
         self.state = TUNNEL
         self.conn.st_tunnels.value += 1
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         if upstream_rest:
             self.tunnel_data(upstream_rest)
         early = self.conn.take_tunnel_bytes()
@@ -615,9 +623,7 @@ class Stream:
                     if cache is not None:
                         cache.cancel_wait(self.dns_wait, self.on_dns_complete)
             self.dns_wait = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
     def _drop_upstream(self) -> None:
         conn = self.upstream
@@ -630,9 +636,7 @@ class Stream:
             return
         was_tunnel = self.state == TUNNEL
         self.state = DONE
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         conn = self.conn
         status = self.resp_status
         conn.count_response(status)
@@ -652,7 +656,7 @@ class Stream:
                 request_id = value.decode("latin-1")
         host = self.host
         return LogEntry(
-            start_time=self.start_wall,
+            start_time=time.time() - (time.monotonic() - self.start),
             method=self.method.decode("latin-1"),
             path="" if self.is_connect else self.path.decode("latin-1"),
             protocol="HTTP/1.1" if self.version_11 else "HTTP/1.0",

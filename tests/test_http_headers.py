@@ -345,3 +345,14 @@ def test_chunked_encoding_round_trip_with_httptools() -> None:
     assert sink.done
     assert sink.body == b"abcdefgh"
     assert (b"x-checksum", b"123") in sink.headers
+
+
+@pytest.mark.parametrize("value", [b"+5", b"1_0", b"\xd9\xa5"])
+def test_content_length_accepts_only_ascii_digits(value: bytes) -> None:
+    """RFC 9110 §8.6: ``Content-Length = 1*DIGIT``. Python's ``int()`` also accepts a sign
+    and ``_`` separators, so ``+5`` and ``1_0`` must be refused explicitly (llhttp refuses
+    them first today; the pure function documents that it raises on invalid values)."""
+    with pytest.raises(HeaderError):
+        classify_request([(b"Content-Length", value)])
+    with pytest.raises(HeaderError):
+        classify_response([(b"Content-Length", value)])

@@ -80,7 +80,7 @@ def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int
         conn.close()
 
 
-def render(template: str, dest: Path, values: dict[str, str | int]) -> Path:
+def render(template: str, dest: Path, values: dict[str, str | int | Path]) -> Path:
     """Fill the @@NAME@@ placeholders of bench/peers/<template> into `dest`."""
     text = (TEMPLATES / template).read_text()
     for key, value in values.items():
@@ -169,7 +169,7 @@ def _start_dfproxy(
 def _start_nginx(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Peer:
     port = free_port()
     resolver = dns.host if dns.port == 53 else dns.address
-    values: dict[str, str | int] = {"DIR": workdir, "PORT": port, "DNS": resolver}
+    values: dict[str, str | int | Path] = {"DIR": workdir, "PORT": port, "DNS": resolver}
     conf = render("nginx-proxy.conf", workdir / "nginx.conf", values)
     proc = procs.start(
         "nginx", _nginx_argv(workdir, conf), log_path=workdir / "out.log", cpu=PROXY_CPU
@@ -195,7 +195,7 @@ def _squid_user() -> str:
 def _start_squid(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Peer:
     port = free_port()
     user = _squid_user()
-    values: dict[str, str | int] = {
+    values: dict[str, str | int | Path] = {
         "DIR": workdir,
         "PORT": port,
         "DNS_HOST": dns.host,
@@ -218,7 +218,7 @@ def _start_squid(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Peer:
 
 def _start_haproxy(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Peer:
     port = free_port()
-    values: dict[str, str | int] = {"DIR": workdir, "PORT": port, "DNS": dns.address}
+    values: dict[str, str | int | Path] = {"DIR": workdir, "PORT": port, "DNS": dns.address}
     conf = render("haproxy.cfg", workdir / "haproxy.cfg", values)
     argv = [tool("haproxy"), "-db", "-f", str(conf)]
     proc = procs.start("haproxy", argv, log_path=workdir / "out.log", cpu=PROXY_CPU)
@@ -246,6 +246,7 @@ def start_peer(
     dfproxy_args: Sequence[str] = (),
 ) -> Peer:
     workdir.mkdir(parents=True)
+    workdir.chmod(0o755)
     if name == "dfproxy":
         peer = _start_dfproxy(procs, workdir, origin, dns, dfproxy_args)
     else:

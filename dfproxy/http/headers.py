@@ -68,12 +68,13 @@ def _connection_tokens(values: list[bytes]) -> set[bytes]:
 
 def _content_length(value: bytes, current: int | None) -> int:
     # RFC 9110 §8.6: a list of identical values may be collapsed; anything else is an error.
-    try:
-        length = int(value.split(b",")[0].strip())
-        if any(int(v.strip()) != length for v in value.split(b",")):
-            raise HeaderError("conflicting Content-Length values")
-    except ValueError:
-        raise HeaderError("invalid Content-Length") from None
+    # RFC 9110 §8.6: Content-Length = 1*DIGIT (int() would also take "+5" and "1_0").
+    parts = [v.strip() for v in value.split(b",")]
+    if not all(p.isdigit() for p in parts):  # bytes.isdigit() is ASCII-only
+        raise HeaderError("invalid Content-Length")
+    length = int(parts[0])
+    if any(int(p) != length for p in parts):
+        raise HeaderError("conflicting Content-Length values")
     if length < 0 or (current is not None and current != length):
         raise HeaderError("conflicting Content-Length values")
     return length

@@ -11,7 +11,6 @@ pool's idle list; a CLOSED connection is never handed out again.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -214,6 +213,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
+        if self.status == 101:
+            return  # llhttp ends the 101 "message", then raises HttpParserUpgrade: tunnel next
         if self.sink is not None and self.head_done:
             self._complete(self.trailers)
 
@@ -283,7 +284,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def mark_idle(self) -> None:
         self.state = IDLE
-        self.idle_since = time.monotonic()
+        self.idle_since = self.pool.now  # coarse: the pool's sweep keeps it (idle timeout 1 h)
 
     @property
     def reusable(self) -> bool:

@@ -52,6 +52,7 @@ class UpstreamPool:
         self.st_cx_connect_fail = stats.counter(prefix + "upstream_cx_connect_fail")
         self.st_cx_connect_timeout = stats.counter(prefix + "upstream_cx_connect_timeout")
         self.st_rq_total = stats.counter(prefix + "upstream_rq_total")
+        self.now = time.monotonic()  # coarse clock for idle bookkeeping, set by _sweep
         self._sweeper: asyncio.TimerHandle | None = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def get_idle(self, key: str) -> UpstreamConnection | None:
@@ -127,7 +128,7 @@ class UpstreamPool:
             conn.close()
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        self.now = now = time.monotonic()
         for key in list(self.idle):
             conns = self.idle[key]
             keep = []
