@@ -15,6 +15,7 @@ from dfproxy.actions import DirectResponseAction, ForwardAction, RedirectAction
 from dfproxy.cluster import DfpCluster
 from dfproxy.config.model import DfpConfig, ListenerSpec, ProxyConfig, RouteSpec
 from dfproxy.dns.cache import DnsCache
+from dfproxy.dns.persistence import CacheStore, StoreConfig
 from dfproxy.dns.resolver import Resolver
 from dfproxy.filters import FilterChain, HttpFilter
 from dfproxy.filters.dynamic_forward_proxy import DynamicForwardProxyFilter
@@ -35,8 +36,11 @@ class Runtime:
         loop: asyncio.AbstractEventLoop,
         stats: StatsStore,
         access_log: AccessLog | None,
+        worker_index: int | None = None,
     ) -> None:
         self.config = config
+        self.worker_index = worker_index
+        self.stores: list[CacheStore] = []
         self.loop = loop
         self.stats = stats
         self.access_log = access_log
@@ -71,6 +75,22 @@ class Runtime:
             cache.on_host_removed.append(pool.forget_host)
             cluster = DfpCluster(name, cache, pool)
             self.clusters[name] = cluster
+            if cache_config.store_filename:
+                filename = cache_config.store_filename
+                if self.worker_index is not None:
+                    filename = f"{filename}.{self.worker_index}"  # one file per worker process
+                store = CacheStore(
+                    cache,
+                    StoreConfig(
+                        filename,
+                        cache_config.store_flush_interval,
+                        cache_config.store_max_entries,
+                    ),
+                    self.loop,
+                )
+                store.load()
+                store.start()
+                self.stores.append(store)
             for host, port in dfp.dns_cache.preresolve_hostnames:
                 cache.preresolve(host, port)
         return cluster
@@ -124,6 +144,8 @@ class Runtime:
     def close(self) -> None:
         for _, listener in self.listeners:
             listener.close()
+        for store in self.stores:
+            store.close()
         for cluster in self.clusters.values():
             cluster.dns_cache.close()
             cluster.pool.close_idle()

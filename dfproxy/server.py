@@ -61,7 +61,9 @@ class Server:
         self._stop = asyncio.Event()
         if self.settings.access_log:
             self.access_log = AccessLog(self.settings.access_log, self.settings.access_log_format)
-        self.runtime = Runtime(self.config, loop, self.stats, self.access_log)
+        self.runtime = Runtime(
+            self.config, loop, self.stats, self.access_log, self.settings.worker_index
+        )
         ports: dict[str, Any] = {"listeners": {}}
         for spec, listener in self.runtime.listeners:
             port = await listener.start(spec.host, spec.port, reuse_port=self.settings.reuse_port)

@@ -174,6 +174,9 @@ class Supervisor:
                 ctype = "text/plain"
             elif url.path == "/stats":
                 status, ctype, body = 200, "text/plain", await self._summed_stats(url.query)
+            elif url.path in ("/dns_cache", "/clusters"):
+                status, ctype = 200, "application/json"
+                body = await self._per_worker(url.path + "?format=json")
             elif url.path == "/workers":
                 status, ctype = 200, "application/json"
                 body = json.dumps(
@@ -216,6 +219,21 @@ class Supervisor:
         finally:
             writer.close()
         return data.split(b"\r\n\r\n", 1)[1]
+
+    async def _per_worker(self, path: str) -> bytes:
+        """Each worker's own JSON view, side by side (each worker has its own DNS cache)."""
+        results = await asyncio.gather(
+            *(self._fetch(w.admin_port, path) for w in self.workers), return_exceptions=True
+        )
+        views = []
+        for w, res in zip(self.workers, results, strict=True):
+            entry: dict[str, Any] = {"worker": w.index, "pid": w.process.pid if w.process else None}
+            if isinstance(res, BaseException):
+                entry["error"] = str(res) or type(res).__name__
+            else:
+                entry["view"] = json.loads(res)
+            views.append(entry)
+        return json.dumps({"workers": views}, indent=1).encode()
 
     async def _summed_stats(self, query: str) -> bytes:
         """Counters and gauges summed over workers (Envoy sums across its workers too)."""

@@ -264,6 +264,10 @@ def _dfp(opt: gs.DynamicForwardProxy) -> DfpConfig:
         disable_dns_refresh_on_failure=d.disable_dns_refresh_on_failure,
         preresolve_hostnames=[(a.address, a.port_value or 80) for a in d.preresolve_hostnames],
     )
+    if d.key_value_store is not None:
+        cache.store_filename = d.key_value_store.filename
+        cache.store_flush_interval = d.key_value_store.flush_interval
+        cache.store_max_entries = d.key_value_store.max_entries
     resolver = ResolverOptions()
     if d.cares_dns is not None:
         servers = []

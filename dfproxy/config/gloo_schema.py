@@ -83,6 +83,14 @@ class DnsCacheCircuitBreakers(Model):
     max_pending_requests: int = Field(default=1024, ge=0)
 
 
+class KeyValueStore(Model):
+    """dfproxy extension: Envoy's file-based key_value_config, flattened."""
+
+    filename: str = Field(min_length=1)
+    flush_interval: Duration = Field(default=60.0, gt=0)
+    max_entries: int = Field(default=1000, ge=0)
+
+
 class DnsCacheConfig(Model):
     dns_lookup_family: Literal["V4_PREFERRED", "V4_ONLY", "V6_ONLY", "AUTO", "ALL"] = "V4_PREFERRED"
     dns_refresh_rate: Duration = Field(default=60.0, gt=0.0009)
@@ -98,6 +106,7 @@ class DnsCacheConfig(Model):
     dns_query_timeout: Duration = Field(default=5.0, gt=0)
     # Envoy's disable_dns_refresh_on_failure (not in Gloo; dfproxy exposes it).
     disable_dns_refresh_on_failure: bool = False
+    key_value_store: KeyValueStore | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DnsCacheConfig:

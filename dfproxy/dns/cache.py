@@ -53,6 +53,10 @@ class DnsCacheConfig:
     failure_max_interval: float | None = None
     disable_dns_refresh_on_failure: bool = False
     preresolve_hostnames: list[tuple[str, int]] = field(default_factory=list)
+    # Persisted cache (Envoy key_value_config, file based); None: not persisted.
+    store_filename: str | None = None
+    store_flush_interval: float = 60.0
+    store_max_entries: int = 1000
 
 
 Waiter = Callable[["DnsHostInfo"], None]
