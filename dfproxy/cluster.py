@@ -35,7 +35,7 @@ class DfpCluster:
         if info is None:
             if len(self._ip_hosts) >= MAX_IP_HOSTS:
                 self._ip_hosts.clear()
-            info = DnsHostInfo(key, authority.host, authority.port)
+            info = DnsHostInfo(key, authority.port)
             family = socket.AF_INET6 if ":" in authority.host else socket.AF_INET
             info.addresses = [(authority.host, int(family))]
             info.resolved = True
