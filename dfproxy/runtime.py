@@ -72,7 +72,6 @@ class Runtime:
             cache_config = dataclasses.replace(dfp.dns_cache, name=name)
             cache = DnsCache(cache_config, resolver, self.stats, self.loop)
             pool = UpstreamPool(self.loop, self.stats, name, connect_timeout=dfp.connect_timeout)
-            cache.on_host_removed.append(pool.forget_host)
             cluster = DfpCluster(name, cache, pool)
             self.clusters[name] = cluster
             if cache_config.store_filename:

@@ -235,7 +235,7 @@ class Stream:
         pool = cluster.pool
         pool.st_rq_total.value += 1
         if not self.is_connect and self.upgrade is None:
-            conn = pool.get_idle(host.key)
+            conn = pool.get_idle(host)
             if conn is not None:
                 self._attach(conn)
                 return

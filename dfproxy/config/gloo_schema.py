@@ -46,7 +46,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 class SocketAddress(Model):
     address: str
-    port_value: int = Field(default=53, ge=0, le=65535)
+    port_value: int = Field(default=0, ge=0, le=65535)  # 0: the field's default (53 / 80)
     protocol: Literal["TCP", "UDP"] | None = None
     named_port: str | None = None
 

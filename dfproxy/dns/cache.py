@@ -295,9 +295,10 @@ class DnsCache:
 
     def preresolve(self, host: str, port: int) -> None:
         """Add ``host:port`` at start-up and resolve it (failure is harmless)."""
+        host = host.lower()
         key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if key not in self.hosts:
-            self._add_host(key, host.lower(), port)
+            self._add_host(key, host, port)
 
     def load_from_store(
         self, key: str, host: str, port: int, addresses: list[Address], ttl: int

@@ -100,9 +100,15 @@ class Resolver:
             result = await self._aiodns.getaddrinfo(host, family=family)
         except aiodns.error.DNSError as exc:
             code = exc.args[0] if exc.args else None
+            if code in _NO_RECORDS:
+                # Envoy's c-ares resolver: NXDOMAIN and NODATA complete with no records
+                # (isResponseWithNoRecords); only SERVFAIL, REFUSED, timeouts... are failures.
+                return Resolution([], 0)
             raise DnsError(_reason(code)) from None
         addresses: list[Address] = []
         ttl = 0
+        # The TTL of a CNAME chain is the smallest along it (the answer expires with it).
+        cname_ttl = min((c.ttl for c in result.cnames), default=None)
         for node in result.nodes:
             if node.family not in (socket.AF_INET, socket.AF_INET6):
                 continue
@@ -112,6 +118,8 @@ class Resolver:
                 if not addresses:
                     ttl = max(0, int(node.ttl))
                 addresses.append(address)
+        if cname_ttl is not None and addresses:
+            ttl = min(ttl, max(0, int(cname_ttl)))
         return Resolution(addresses, ttl)
 
     async def resolve(self, host: str, lookup_family: str) -> Resolution:
@@ -137,9 +145,8 @@ class Resolver:
             res = await self._query(host, first)
             if res.addresses:
                 return res
-        except DnsError as exc:
-            if exc.reason not in ("no_data", "not_found"):
-                raise
+        except DnsError:
+            pass  # the other family may still answer
         return await self._query(host, second)
 
 
@@ -154,6 +161,9 @@ _ARES_REASONS = {
     pycares.errno.ARES_ECANCELLED: "cancelled",
     pycares.errno.ARES_EDESTRUCTION: "cancelled",
 }
+
+
+_NO_RECORDS = (pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA)
 
 
 def _reason(code: object) -> str:

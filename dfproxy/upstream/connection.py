@@ -21,6 +21,17 @@ if TYPE_CHECKING:
     from dfproxy.dns.cache import DnsHostInfo
     from dfproxy.upstream.pool import UpstreamPool
 
+
+def pool_key(host: DnsHostInfo) -> tuple[str, int]:
+    """Idle plaintext connections are shared per resolved address, not per name.
+
+    HTTP/1.1 over plain TCP carries the Host in each request, so a connection to ip:port can
+    serve every name that resolves there (as nginx and HAProxy reuse connections); with many
+    names on one address (tenants, CDNs) a per-name pool would open a connection per name.
+    """
+    return (host.addresses[0][0], host.port)
+
+
 CONNECTED, ACTIVE, IDLE, TUNNEL, CLOSED = "connected", "active", "idle", "tunnel", "closed"
 
 
@@ -77,7 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, host: DnsHostInfo) -> None:
         self.pool = pool
         self.host = host
-        self.key = host.key
+        self.key = pool_key(host)
         self.address = ""
         self.transport: asyncio.Transport | None = None
         self.state = CONNECTED

@@ -43,7 +43,7 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle_per_host = max_idle_per_host
-        self.idle: dict[str, list[UpstreamConnection]] = {}
+        self.idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
         self.active = 0
         self.closing = False
         prefix = f"cluster.{cluster_name}."
@@ -55,9 +55,9 @@ class UpstreamPool:
         self.now = time.monotonic()  # coarse clock for idle bookkeeping, set by _sweep
         self._sweeper: asyncio.TimerHandle | None = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
-    def get_idle(self, key: str) -> UpstreamConnection | None:
-        """An idle connection to ``key`` ready for a request, or None."""
-        conns = self.idle.get(key)
+    def get_idle(self, host: DnsHostInfo) -> UpstreamConnection | None:
+        """An idle connection to ``host``'s address ready for a request, or None."""
+        conns = self.idle.get((host.addresses[0][0], host.port))
         while conns:
             conn = conns.pop()
             if (
@@ -121,11 +121,6 @@ class UpstreamPool:
             conns.remove(conn)
             if not conns:
                 del self.idle[conn.key]
-
-    def forget_host(self, host: DnsHostInfo) -> None:
-        """The DNS cache dropped ``host``: close its idle connections (busy ones finish)."""
-        for conn in self.idle.pop(host.key, ()):
-            conn.close()
 
     def _sweep(self) -> None:
         self.now = now = time.monotonic()
