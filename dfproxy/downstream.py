@@ -149,12 +149,9 @@ class HttpConnection(asyncio.Protocol):
         if self.state == TUNNEL and self.tunnel is not None:
             self.tunnel.tunnel_downstream_eof()
             return True  # keep writing to the client: half-close
-        if self.streams and self.state == HTTP:
-            # The client finished sending; let the response in flight complete, then close.
-            head = self.streams[0]
-            if head.request_done:
-                head.keep_alive = False
-                return True
+        # An HTTP/1 client's FIN ends the connection, in-flight exchanges included (Envoy
+        # does the same without allow-half-close); a response would otherwise wait on a
+        # peer that may never read again.
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:

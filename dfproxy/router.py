@@ -141,6 +141,15 @@ class Route:
     response_headers_to_add: list[tuple[bytes, bytes, bool]] = field(default_factory=list)
     response_headers_to_remove: frozenset[bytes] = frozenset()
 
+    def __post_init__(self) -> None:
+        # True when nothing touches responses on this route: the hot path checks one flag.
+        self.plain_response = not (
+            self.chain.response_headers
+            or self.chain.response_body
+            or self.response_headers_to_add
+            or self.response_headers_to_remove
+        )
+
     def matches(self, stream: Stream) -> bool:
         # A plain loop: any() over a generator allocates on every request.
         for m in self.matchers:  # noqa: SIM110

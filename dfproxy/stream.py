@@ -127,7 +127,9 @@ class Stream:
         self.upstream: UpstreamConnection | None = None
         self.body_buf: list[bytes] | None = None
         self.body_buf_size = 0
-        self.request_done = False
+        # A request without a body is complete once its head is (llhttp reports the end a
+        # moment later); a local reply can then keep the connection.
+        self.request_done = not req.chunked and not req.content_length
         self.request_trailers: Headers | None = None
         self.resp_status = 0
         self.resp_headers: Headers | None = None
@@ -265,7 +267,7 @@ class Stream:
         if req.chunked:
             framing = CHUNKED
         elif req.content_length is not None:
-            framing = b"content-length: %d\r\n" % req.content_length
+            framing = b""  # the client's Content-Length header is forwarded as it came
         elif self.method in (b"POST", b"PUT", b"PATCH"):
             framing = b"content-length: 0\r\n"
         else:
@@ -380,49 +382,49 @@ class Stream:
             self.local_error(errors.UpstreamProtocolError(str(exc)))
             return
         self.resp_status = status
-        self.resp_headers = resp.forward
+        headers = resp.forward
         route = self.route
-        if route is not None and route.chain.response_headers:
+        assert route is not None
+        body_filters = route.chain.response_body
+        if not route.plain_response:
+            self.resp_headers = headers
             for f in route.chain.response_headers:
                 f.on_response_headers(self)
-        if route is not None and (
-            route.response_headers_to_add or route.response_headers_to_remove
-        ):
-            self.resp_headers = _manipulate(
-                self.resp_headers, route.response_headers_to_add, route.response_headers_to_remove
-            )
+            headers = self.resp_headers
+            if route.response_headers_to_add or route.response_headers_to_remove:
+                headers = _manipulate(
+                    headers, route.response_headers_to_add, route.response_headers_to_remove
+                )
+        self.resp_headers = headers
         if status == 101:
             return  # written by upstream_upgraded, after the parser hands over the tunnel
         self.state = RESPONDING
         no_body = self.method == b"HEAD" or status == 204 or status == 304
         self.resp_no_body = no_body
-        keep = self.keep_alive and not self.conn.draining
-        if not self.request_done:
-            # The origin answered before the request ended: we cannot find the next request
-            # boundary safely unless the body is consumed; close afterwards.
-            keep = False
-        if no_body:
-            framing = b""
-            if resp.content_length is not None:
-                framing = b"content-length: %d\r\n" % resp.content_length
-        elif resp.content_length is not None and not (
-            route is not None and route.chain.response_body
-        ):
-            framing = b"content-length: %d\r\n" % resp.content_length
-        elif self.version_11:
-            framing = CHUNKED
-            self.resp_chunked = True
+        # Not keep-alive when the origin answered before the request ended: the next
+        # request's boundary is unknown unless the body is consumed, so close afterwards.
+        keep = self.keep_alive and self.request_done and not self.conn.draining
+        if no_body or (resp.content_length is not None and not body_filters):
+            framing = b""  # Content-Length travels in the forwarded headers unchanged
         else:
-            framing = b""
-            keep = False  # HTTP/1.0 client, unknown length: delimit by close
+            if resp.content_length is not None:
+                # A body filter may change the length: drop it and re-frame.
+                headers = self.resp_headers = [
+                    (n, v) for n, v in headers if n.lower() != b"content-length"
+                ]
+            if self.version_11:
+                framing = CHUNKED
+                self.resp_chunked = True
+            else:
+                framing = b""
+                keep = False  # HTTP/1.0 client, unknown length: delimit by close
         if not keep:
             framing += CLOSE
         elif not self.version_11:
             framing += KEEP_ALIVE
         self.resp_close = not keep
-        head = serialize(status_line(status), self.resp_headers, framing)
-        self.bytes_out += len(head)
-        self.conn.write(head)
+        # %BYTES_SENT% counts body bytes only (Envoy), so the head is not counted.
+        self.conn.write(serialize(status_line(status), headers, framing))
 
     def upstream_response_body(self, data: bytes) -> None:
         if self.state != RESPONDING or self.resp_no_body:
@@ -464,7 +466,6 @@ class Stream:
             b"connection: upgrade\r\nupgrade: " + (self.upgrade or b"websocket") + b"\r\n",
         )
         self.resp_status = 101
-        self.bytes_out += len(head)
         self.conn.write(head)
         self._enter_tunnel(rest)
 
@@ -493,9 +494,7 @@ class Stream:
         self.upstream_address = conn.address
         conn.start_tunnel(self)
         self.resp_status = 200
-        head = connect_established()
-        self.bytes_out += len(head)
-        self.conn.write(head)
+        self.conn.write(connect_established())
         self._enter_tunnel(b"")
 
     def _enter_tunnel(self, upstream_rest: bytes) -> None:
@@ -592,7 +591,7 @@ class Stream:
             head=self.method == b"HEAD",
             extra_headers=extra_headers,
         )
-        self.bytes_out += len(data)
+        self.bytes_out += 0 if self.method == b"HEAD" else len(body)
         self.state = RESPONDING
         self.conn.write(data)
         self._finish()

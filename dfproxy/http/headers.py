@@ -37,7 +37,7 @@ class HeaderError(ValueError):
 class RequestHeaders(NamedTuple):
     """What forwarding needs from a request head."""
 
-    forward: Headers  # end-to-end headers, Host/Content-Length/framing removed
+    forward: Headers  # end-to-end headers (Content-Length kept), Host and framing removed
     host: bytes | None  # the Host header value (None when absent)
     content_length: int | None
     chunked: bool
@@ -49,11 +49,19 @@ class RequestHeaders(NamedTuple):
 class ResponseHeaders(NamedTuple):
     """What forwarding needs from a response head."""
 
-    forward: Headers
+    forward: Headers  # end-to-end headers; Content-Length kept unless chunked
     content_length: int | None
     chunked: bool
     close: bool
     upgrade: bytes | None
+
+
+# The Connection values nearly every message carries, with what they mean (close, upgrade).
+_SIMPLE_CONNECTION = {
+    b"keep-alive": (False, False),
+    b"close": (True, False),
+    b"upgrade": (False, True),
+}
 
 
 def _connection_tokens(values: list[bytes]) -> set[bytes]:
@@ -69,6 +77,8 @@ def _connection_tokens(values: list[bytes]) -> set[bytes]:
 def _content_length(value: bytes, current: int | None) -> int:
     # RFC 9110 §8.6: a list of identical values may be collapsed; anything else is an error.
     # RFC 9110 §8.6: Content-Length = 1*DIGIT (int() would also take "+5" and "1_0").
+    if value.isdigit() and current is None:  # the usual case: one plain number
+        return int(value)
     parts = [v.strip() for v in value.split(b",")]
     if not all(p.isdigit() for p in parts):  # bytes.isdigit() is ASCII-only
         raise HeaderError("invalid Content-Length")
@@ -88,6 +98,7 @@ def classify_request(raw: Headers) -> RequestHeaders:
     forward: Headers = []
     host: bytes | None = None
     length: int | None = None
+    length_header: tuple[bytes, bytes] | None = None
     chunked = False
     connection: list[bytes] = []
     upgrade: bytes | None = None
@@ -102,6 +113,9 @@ def classify_request(raw: Headers) -> RequestHeaders:
             host = value.strip()
         elif lname == b"content-length":
             length = _content_length(value, length)
+            if length_header is None:
+                length_header = (name, value)
+                forward.append(length_header)
         elif lname == b"transfer-encoding":
             chunked = value.strip().lower().endswith(b"chunked")
         elif lname == b"connection" or lname == b"proxy-connection":
@@ -114,7 +128,12 @@ def classify_request(raw: Headers) -> RequestHeaders:
             else:
                 forward.append((name, value))
     close = False
-    if connection:
+    simple = _SIMPLE_CONNECTION.get(connection[0].strip().lower()) if len(connection) == 1 else None
+    if simple is not None:
+        close = simple[0]
+        if not simple[1]:
+            upgrade = None
+    elif connection:
         tokens = _connection_tokens(connection)
         close = b"close" in tokens
         if b"upgrade" not in tokens:
@@ -132,6 +151,7 @@ def classify_response(raw: Headers) -> ResponseHeaders:
     """Split a response's headers into what is forwarded and its framing."""
     forward: Headers = []
     length: int | None = None
+    length_header: tuple[bytes, bytes] | None = None
     chunked = False
     connection: list[bytes] = []
     upgrade: bytes | None = None
@@ -141,6 +161,10 @@ def classify_response(raw: Headers) -> ResponseHeaders:
             forward.append((name, value))
         elif lname == b"content-length":
             length = _content_length(value, length)
+            if length_header is None:
+                # Kept as received (one copy): forwarding it unchanged saves a format.
+                length_header = (name, value)
+                forward.append(length_header)
         elif lname == b"transfer-encoding":
             chunked = value.strip().lower().endswith(b"chunked")
         elif lname == b"connection":
@@ -148,30 +172,33 @@ def classify_response(raw: Headers) -> ResponseHeaders:
         elif lname == b"upgrade":
             upgrade = value.strip()
     close = False
-    if connection:
+    simple = _SIMPLE_CONNECTION.get(connection[0].strip().lower()) if len(connection) == 1 else None
+    if simple is not None:
+        close = simple[0]
+    elif connection:
         tokens = _connection_tokens(connection)
         close = b"close" in tokens
         tokens -= {b"close", b"keep-alive", b"upgrade"}
         if tokens:
             forward = [(n, v) for n, v in forward if n.lower() not in tokens]
-    if chunked:
+    if chunked and length_header is not None:
         # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
         length = None
+        forward.remove(length_header)
     return ResponseHeaders(forward, length, chunked, close, upgrade)
+
+
+_COLON = b": ".join
+_CRLF = b"\r\n".join
 
 
 def serialize(first_line: bytes, headers: Headers, extra: bytes = b"") -> bytes:
     """The head: first line (with CRLF), headers, ``extra`` (pre-encoded lines), blank line."""
-    parts = [first_line]
-    append = parts.append
-    for name, value in headers:
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    append(extra)
-    append(b"\r\n")
-    return b"".join(parts)
+    if not headers:
+        return first_line + extra + b"\r\n"
+    # map() over bytes.join keeps the per-header work in C: 4 list appends per header in
+    # Python cost ~1.5 µs per request more (bench/hotpath.py).
+    return b"".join((first_line, _CRLF(map(_COLON, headers)), b"\r\n", extra, b"\r\n"))
 
 
 def encode_chunk(data: bytes) -> bytes:
