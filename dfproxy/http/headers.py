@@ -25,9 +25,6 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
     }
 )
-# Headers a proxy removes or rewrites besides the hop-by-hop set.
-_REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
-_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
 
 
 class HeaderError(ValueError):
@@ -90,6 +87,43 @@ def _content_length(value: bytes, current: int | None) -> int:
     return length
 
 
+# Header name -> what the proxy does with it, memoised by the exact bytes received. Most
+# traffic repeats a few spellings ("Content-Length", "content-length"), so the .lower() and
+# the set lookups happen once per spelling, not once per header (bench/hotpath.py).
+PLAIN, LENGTH, TRANSFER, CONNECTION, UPGRADE, HOST, EXPECT, HOP = range(8)
+_KINDS = {
+    b"content-length": LENGTH,
+    b"transfer-encoding": TRANSFER,
+    b"connection": CONNECTION,
+    b"proxy-connection": CONNECTION,
+    b"upgrade": UPGRADE,
+    b"host": HOST,
+    b"expect": EXPECT,
+}
+_kind_cache: dict[bytes, int] = {}
+_KIND_CACHE_MAX = 4096
+
+
+def header_kind(name: bytes) -> int:
+    kind = _kind_cache.get(name)
+    if kind is None:
+        lname = name.lower()
+        kind = _KINDS.get(lname, HOP if lname in HOP_BY_HOP else PLAIN)
+        if len(_kind_cache) >= _KIND_CACHE_MAX:
+            _kind_cache.clear()
+        _kind_cache[name] = kind
+    return kind
+
+
+def _strip_listed(forward: Headers, connection: list[bytes]) -> tuple[Headers, set[bytes]]:
+    """RFC 9110 §7.6.1: the fields named by Connection are hop-by-hop too."""
+    tokens = _connection_tokens(connection)
+    listed = tokens - {b"close", b"keep-alive", b"upgrade"}
+    if listed:
+        forward = [(n, v) for n, v in forward if n.lower() not in listed]
+    return forward, tokens
+
+
 def classify_request(raw: Headers) -> RequestHeaders:
     """Split a request's headers into what is forwarded and what the proxy acts on.
 
@@ -103,47 +137,46 @@ def classify_request(raw: Headers) -> RequestHeaders:
     connection: list[bytes] = []
     upgrade: bytes | None = None
     expect = False
-    for name, value in raw:
-        lname = name.lower()
-        if lname not in _REQUEST_SPECIAL:
-            forward.append((name, value))
-        elif lname == b"host":
+    for header in raw:
+        kind = _kind_cache.get(header[0])
+        if kind is None:
+            kind = header_kind(header[0])
+        if kind == PLAIN:
+            forward.append(header)
+        elif kind == HOST:
             if host is not None:
                 raise HeaderError("multiple Host headers")
-            host = value.strip()
-        elif lname == b"content-length":
-            length = _content_length(value, length)
+            host = header[1].strip()
+        elif kind == LENGTH:
+            length = _content_length(header[1], length)
             if length_header is None:
-                length_header = (name, value)
-                forward.append(length_header)
-        elif lname == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
-        elif lname == b"connection" or lname == b"proxy-connection":
-            connection.append(value)
-        elif lname == b"upgrade":
-            upgrade = value.strip()
-        elif lname == b"expect":
-            if value.strip().lower() == b"100-continue":
+                length_header = header
+                forward.append(header)
+        elif kind == TRANSFER:
+            chunked = header[1].strip().lower().endswith(b"chunked")
+        elif kind == CONNECTION:
+            connection.append(header[1])
+        elif kind == UPGRADE:
+            upgrade = header[1].strip()
+        elif kind == EXPECT:
+            if header[1].strip().lower() == b"100-continue":
                 expect = True
             else:
-                forward.append((name, value))
+                forward.append(header)
     close = False
-    simple = _SIMPLE_CONNECTION.get(connection[0].strip().lower()) if len(connection) == 1 else None
-    if simple is not None:
-        close = simple[0]
-        if not simple[1]:
-            upgrade = None
-    elif connection:
-        tokens = _connection_tokens(connection)
-        close = b"close" in tokens
-        if b"upgrade" not in tokens:
-            upgrade = None
-        tokens -= {b"close", b"keep-alive", b"upgrade"}
-        if tokens:
-            # RFC 9110 §7.6.1: the fields named by Connection are hop-by-hop too.
-            forward = [(n, v) for n, v in forward if n.lower() not in tokens]
-    else:
+    if not connection:
         upgrade = None
+    else:
+        simple = (
+            _SIMPLE_CONNECTION.get(connection[0].strip().lower()) if len(connection) == 1 else None
+        )
+        if simple is not None:
+            close, upgrading = simple
+        else:
+            forward, tokens = _strip_listed(forward, connection)
+            close, upgrading = b"close" in tokens, b"upgrade" in tokens
+        if not upgrading:
+            upgrade = None
     return RequestHeaders(forward, host, length, chunked, upgrade, expect, close)
 
 
@@ -155,32 +188,35 @@ def classify_response(raw: Headers) -> ResponseHeaders:
     chunked = False
     connection: list[bytes] = []
     upgrade: bytes | None = None
-    for name, value in raw:
-        lname = name.lower()
-        if lname not in _RESPONSE_SPECIAL:
-            forward.append((name, value))
-        elif lname == b"content-length":
-            length = _content_length(value, length)
+    for header in raw:
+        kind = _kind_cache.get(header[0])
+        if kind is None:
+            kind = header_kind(header[0])
+        if kind == PLAIN or kind == HOST or kind == EXPECT:
+            forward.append(header)
+        elif kind == LENGTH:
+            length = _content_length(header[1], length)
             if length_header is None:
                 # Kept as received (one copy): forwarding it unchanged saves a format.
-                length_header = (name, value)
-                forward.append(length_header)
-        elif lname == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
-        elif lname == b"connection":
-            connection.append(value)
-        elif lname == b"upgrade":
-            upgrade = value.strip()
+                length_header = header
+                forward.append(header)
+        elif kind == TRANSFER:
+            chunked = header[1].strip().lower().endswith(b"chunked")
+        elif kind == CONNECTION:
+            if header[0].lower() == b"connection":
+                connection.append(header[1])
+        elif kind == UPGRADE:
+            upgrade = header[1].strip()
     close = False
-    simple = _SIMPLE_CONNECTION.get(connection[0].strip().lower()) if len(connection) == 1 else None
-    if simple is not None:
-        close = simple[0]
-    elif connection:
-        tokens = _connection_tokens(connection)
-        close = b"close" in tokens
-        tokens -= {b"close", b"keep-alive", b"upgrade"}
-        if tokens:
-            forward = [(n, v) for n, v in forward if n.lower() not in tokens]
+    if connection:
+        simple = (
+            _SIMPLE_CONNECTION.get(connection[0].strip().lower()) if len(connection) == 1 else None
+        )
+        if simple is not None:
+            close = simple[0]
+        else:
+            forward, tokens = _strip_listed(forward, connection)
+            close = b"close" in tokens
     if chunked and length_header is not None:
         # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
         length = None
