@@ -69,8 +69,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--dfproxy-args",
         type=shlex.split,
-        default=[],
-        help='extra arguments for `dfproxy run`, e.g. "-c bench/my-gateway.yaml"',
+        # maxHosts 1024 (Envoy's default) would overflow hosts-10000; the other peers get
+        # caches of that size too (Squid ipcache_size 65536, nginx unbounded).
+        default=["-c", str(Path(__file__).parent / "peers" / "dfproxy-large-cache.yaml")],
+        help="arguments for `dfproxy run` (default: -c bench/peers/dfproxy-large-cache.yaml)",
     )
     p.add_argument("--no-install", action="store_true", help="never run apt-get")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
