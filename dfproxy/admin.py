@@ -45,6 +45,7 @@ class AdminServer:
             "/healthcheck/ok": self.healthcheck_ok,
             "/logging": self.logging,
             "/reset_counters": self.reset_counters,
+            "/config_status": self.config_status,
         }
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
@@ -170,6 +171,9 @@ class AdminServer:
             "config_version": self.server.config.version,
         }
         return 200, "application/json", json.dumps(info, indent=1).encode()
+
+    async def config_status(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps(self.server.config_status(), indent=1).encode()
 
     async def healthcheck_fail(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
         self.healthy = False

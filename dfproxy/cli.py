@@ -129,7 +129,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         from dfproxy.workers import Supervisor
 
         return Supervisor(args, config, admin).run()
+    loader = None
+    if args.config:
+
+        def loader() -> ProxyConfig:
+            return load_config(args)
+
     settings = Settings(
+        loader=loader,
+        watch_paths=list(args.config),
         admin=admin,
         access_log=args.access_log,
         access_log_format=args.access_log_format,

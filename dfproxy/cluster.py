@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 
 from dfproxy.dns.cache import DnsCache, DnsHostInfo
+from dfproxy.dns.persistence import CacheStore
+from dfproxy.dns.resolver import Resolver
 from dfproxy.http.authority import Authority
 from dfproxy.upstream.pool import UpstreamPool
 
@@ -20,12 +22,20 @@ class DfpCluster:
     """One DFP cluster in one worker."""
 
     def __init__(
-        self, name: str, dns_cache: DnsCache, pool: UpstreamPool, default_port: int = 80
+        self,
+        name: str,
+        dns_cache: DnsCache,
+        pool: UpstreamPool,
+        default_port: int = 80,
+        resolver: Resolver | None = None,
     ) -> None:
         self.name = name
         self.dns_cache = dns_cache
         self.pool = pool
         self.default_port = default_port
+        self.resolver = resolver
+        self.store: CacheStore | None = None
+        self.created_by: object = None  # the Runtime that built it (a reload may discard it)
         self._ip_hosts: dict[str, DnsHostInfo] = {}
 
     def ip_host(self, authority: Authority) -> DnsHostInfo:
@@ -43,3 +53,14 @@ class DfpCluster:
             info.is_ip = True
             self._ip_hosts[key] = info
         return info
+
+    def close(self) -> None:
+        """Stop refreshing, persist, close idle connections (busy ones finish on their own)."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.dns_cache.close()
+        self.pool.close_idle()
+        if self.resolver is not None:
+            self.resolver.close()
+            self.resolver = None

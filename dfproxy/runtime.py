@@ -28,7 +28,14 @@ log = logging.getLogger("dfproxy.runtime")
 
 
 class Runtime:
-    """Everything one worker runs for one configuration."""
+    """Everything one worker runs for one configuration.
+
+    Built from a ProxyConfig, optionally on top of the previous Runtime (live reload): a
+    listener with the same name and address is kept (its open connections see the new routes
+    from their next request on), and a cluster with an identical DFP configuration is kept
+    with its warm DNS cache and pool. What the new config no longer has is *retired*: the
+    caller drains retired listeners and closes retired clusters once they are idle.
+    """
 
     def __init__(
         self,
@@ -37,18 +44,26 @@ class Runtime:
         stats: StatsStore,
         access_log: AccessLog | None,
         worker_index: int | None = None,
+        previous: Runtime | None = None,
     ) -> None:
         self.config = config
         self.worker_index = worker_index
-        self.stores: list[CacheStore] = []
         self.loop = loop
         self.stats = stats
         self.access_log = access_log
         self.clusters: dict[str, DfpCluster] = {}
-        self.resolvers: list[Resolver] = []
         self.listeners: list[tuple[ListenerSpec, Listener]] = []
+        self.new_listeners: list[tuple[ListenerSpec, Listener]] = []
+        self.kept_routes: list[tuple[Listener, RouteTable]] = []
+        old_clusters = dict(previous.clusters) if previous else {}
+        old_listeners = {
+            (spec.name, spec.host, spec.port): listener
+            for spec, listener in (previous.listeners if previous else [])
+        }
+        own_ports: set[int] = set()
+        own_endpoints: set[tuple[str, int]] = set()
         for spec in config.listeners:
-            cluster = self._cluster(spec.dfp) if spec.dfp is not None else None
+            cluster = self._cluster(spec.dfp, old_clusters) if spec.dfp is not None else None
             routes = RouteTable(
                 [
                     VirtualHost(
@@ -57,41 +72,50 @@ class Runtime:
                     for vh in spec.virtual_hosts
                 ]
             )
-            listener = Listener(spec.name, loop, routes, stats, access_log)
-            if self.listeners:
-                listener.own_ports = self.listeners[0][1].own_ports
-                listener.own_endpoints = self.listeners[0][1].own_endpoints
+            listener = old_listeners.pop((spec.name, spec.host, spec.port), None)
+            if listener is not None:
+                self.kept_routes.append((listener, routes))  # swapped in by activate()
+                own_ports, own_endpoints = listener.own_ports, listener.own_endpoints
+            else:
+                listener = Listener(spec.name, loop, routes, stats, access_log)
+                self.new_listeners.append((spec, listener))
             self.listeners.append((spec, listener))
+        # Every listener of this process shares one record of where the process listens.
+        for _, listener in self.new_listeners:
+            listener.own_ports = own_ports
+            listener.own_endpoints = own_endpoints
+        self.retired_listeners = list(old_listeners.values())
+        self.retired_clusters = [c for name, c in old_clusters.items() if name not in self.clusters]
 
-    def _cluster(self, dfp: DfpConfig) -> DfpCluster:
+    def _cluster(self, dfp: DfpConfig, old: dict[str, DfpCluster]) -> DfpCluster:
         name = dfp.cluster_name
-        cluster = self.clusters.get(name)
-        if cluster is None:
-            resolver = Resolver(dfp.resolver, self.loop)
-            self.resolvers.append(resolver)
-            cache_config = dataclasses.replace(dfp.dns_cache, name=name)
-            cache = DnsCache(cache_config, resolver, self.stats, self.loop)
-            pool = UpstreamPool(self.loop, self.stats, name, connect_timeout=dfp.connect_timeout)
-            cluster = DfpCluster(name, cache, pool)
+        cluster = self.clusters.get(name) or old.get(name)
+        if cluster is not None:
             self.clusters[name] = cluster
-            if cache_config.store_filename:
-                filename = cache_config.store_filename
-                if self.worker_index is not None:
-                    filename = f"{filename}.{self.worker_index}"  # one file per worker process
-                store = CacheStore(
-                    cache,
-                    StoreConfig(
-                        filename,
-                        cache_config.store_flush_interval,
-                        cache_config.store_max_entries,
-                    ),
-                    self.loop,
-                )
-                store.load()
-                store.start()
-                self.stores.append(store)
-            for host, port in dfp.dns_cache.preresolve_hostnames:
-                cache.preresolve(host, port)
+            return cluster
+        resolver = Resolver(dfp.resolver, self.loop)
+        cache_config = dataclasses.replace(dfp.dns_cache, name=name)
+        cache = DnsCache(cache_config, resolver, self.stats, self.loop)
+        pool = UpstreamPool(self.loop, self.stats, name, connect_timeout=dfp.connect_timeout)
+        cluster = DfpCluster(name, cache, pool, resolver=resolver)
+        cluster.created_by = self
+        self.clusters[name] = cluster
+        if cache_config.store_filename:
+            filename = cache_config.store_filename
+            if self.worker_index is not None:
+                filename = f"{filename}.{self.worker_index}"  # one file per worker process
+            store = CacheStore(
+                cache,
+                StoreConfig(
+                    filename, cache_config.store_flush_interval, cache_config.store_max_entries
+                ),
+                self.loop,
+            )
+            store.load()
+            store.start()
+            cluster.store = store
+        for host, port in cache_config.preresolve_hostnames:
+            cache.preresolve(host, port)
         return cluster
 
     def _route(self, listener: ListenerSpec, spec: RouteSpec, cluster: DfpCluster | None) -> Route:
@@ -140,13 +164,25 @@ class Runtime:
             ),
         )
 
+    def activate(self) -> None:
+        """Switch kept listeners to the new routes (each swap is one attribute store: a request
+        sees the old table or the new one, never a mix)."""
+        for listener, routes in self.kept_routes:
+            listener.routes = routes
+        self.kept_routes = []
+
+    def discard(self) -> None:
+        """Undo a Runtime that will not be activated: close what it created, keep the rest."""
+        for _, listener in self.new_listeners:
+            listener.start_draining()
+            listener.close()
+        for cluster in self.clusters.values():
+            if cluster.created_by is self:
+                cluster.close()
+
     def close(self) -> None:
+        """Shut everything down (process exit)."""
         for _, listener in self.listeners:
             listener.close()
-        for store in self.stores:
-            store.close()
         for cluster in self.clusters.values():
-            cluster.dns_cache.close()
-            cluster.pool.close_idle()
-        for resolver in self.resolvers:
-            resolver.close()
+            cluster.close()

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +16,7 @@ from dfproxy import tasks
 from dfproxy.access_log import AccessLog
 from dfproxy.admin import AdminServer
 from dfproxy.config.model import ProxyConfig
+from dfproxy.reload import ConfigWatcher
 from dfproxy.runtime import Runtime
 from dfproxy.stats import StatsStore
 
@@ -32,6 +35,10 @@ class Settings:
     reuse_port: bool = False
     worker_index: int | None = None
     argv: list[str] = field(default_factory=list)
+    # Reload: how to read the config again (None: embedded default, nothing to reload) and
+    # which files to watch.
+    loader: Callable[[], ProxyConfig] | None = None
+    watch_paths: list[str] = field(default_factory=list)
 
 
 def write_ports_file(path: str, ports: dict[str, Any]) -> None:
@@ -54,6 +61,12 @@ class Server:
         self.admin: AdminServer | None = None
         self.access_log: AccessLog | None = None
         self._stop: asyncio.Event | None = None
+        self.watcher: ConfigWatcher | None = None
+        self.loaded_at = time.time()
+        self.rejected: dict[str, Any] | None = None  # the last config that failed to load
+        self.reloads = self.stats.counter("server.config_reload")
+        self.reload_failures = self.stats.counter("server.config_reload_rejected")
+        self._reloading = False
 
     async def serve(self) -> int:
         """Start, run until SIGTERM/SIGINT, drain, and return the exit code."""
@@ -77,6 +90,10 @@ class Server:
             log.info("admin on %s:%d", host, ports["admin"])
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        if self.settings.loader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+            if self.settings.watch_paths:
+                self.watcher = ConfigWatcher(self.settings.watch_paths, self.request_reload, loop)
         self.state = "LIVE"
         if self.settings.ports_file:
             write_ports_file(self.settings.ports_file, ports)
@@ -88,10 +105,92 @@ class Server:
         if self._stop is not None:
             self._stop.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP or a file change: reload in the background (one at a time)."""
+        if self.state == "LIVE" and not self._reloading:
+            tasks.spawn(self.reload(), name="reload")
+
+    async def reload(self) -> bool:
+        """Validate the new configuration and swap it in whole, or keep the old one.
+
+        Nothing in flight is dropped: open connections keep their listener (which now routes
+        with the new table) and every exchange keeps the route and cluster it started with.
+        Listeners the new config removes drain; clusters it no longer uses close after the
+        drain timeout; identical clusters are kept with their warm DNS cache and pool.
+        """
+        assert self.settings.loader is not None and self.runtime is not None
+        self._reloading = True
+        try:
+            try:
+                config = self.settings.loader()
+            except Exception as exc:
+                errors = getattr(exc, "errors", None) or [str(exc)]
+                self.rejected = {"time": time.time(), "errors": list(errors)}
+                self.reload_failures.value += 1
+                log.error(
+                    "configuration rejected, still serving version %s:\n%s",
+                    self.config.version,
+                    "\n".join(f"  - {e}" for e in errors),
+                )
+                return False
+            if config.version == self.config.version:
+                log.info("configuration unchanged (version %s)", config.version)
+                return True
+            loop = asyncio.get_running_loop()
+            new = Runtime(
+                config,
+                loop,
+                self.stats,
+                self.access_log,
+                self.settings.worker_index,
+                previous=self.runtime,
+            )
+            try:
+                for spec, listener in new.new_listeners:
+                    await listener.start(spec.host, spec.port, reuse_port=self.settings.reuse_port)
+            except OSError as exc:
+                new.discard()
+                self.rejected = {
+                    "time": time.time(),
+                    "version": config.version,
+                    "errors": [f"cannot listen: {exc}"],
+                }
+                self.reload_failures.value += 1
+                log.error("configuration %s rejected: cannot listen: %s", config.version, exc)
+                return False
+            new.activate()
+            for listener in new.retired_listeners:
+                log.info("listener %s removed by the new configuration; draining", listener.name)
+                listener.start_draining()
+                loop.call_later(self.settings.drain_timeout, listener.close)
+            for cluster in new.retired_clusters:
+                loop.call_later(self.settings.drain_timeout, cluster.close)
+            old_version = self.config.version
+            self.runtime, self.config = new, config
+            self.loaded_at = time.time()
+            self.reloads.value += 1
+            log.info("configuration %s active (was %s)", config.version, old_version)
+            return True
+        finally:
+            self._reloading = False
+
+    def config_status(self) -> dict[str, Any]:
+        """The active configuration and the last rejected one (admin)."""
+        return {
+            "active": {
+                "version": self.config.version,
+                "source": self.config.source,
+                "loaded_at": self.loaded_at,
+            },
+            "last_rejected": self.rejected,
+        }
+
     async def drain(self) -> None:
         """Stop accepting; wait for in-flight requests and tunnels up to the drain timeout."""
         self.state = "DRAINING"
         assert self.runtime is not None
+        if self.watcher is not None:
+            self.watcher.close()
         listeners = [listener for _, listener in self.runtime.listeners]
         for listener in listeners:
             listener.start_draining()

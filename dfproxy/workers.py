@@ -109,6 +109,12 @@ class Supervisor:
                 await asyncio.sleep(0.05)
         log.error("worker %d did not become ready", worker.index)
 
+    def _forward_hup(self) -> None:
+        """SIGHUP reloads every worker (each validates and swaps on its own)."""
+        for w in self.workers:
+            if w.process is not None and w.process.returncode is None:
+                w.process.send_signal(signal.SIGHUP)
+
     async def _watch(self, worker: Worker) -> None:
         while not self.stopping:
             assert worker.process is not None
@@ -134,6 +140,7 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
         admin_server = None
         ports: dict[str, Any] = {"listen": self.ports[0], "listeners": {}}
         for spec, port in zip(self.config.listeners, self.ports, strict=True):

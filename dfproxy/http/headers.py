@@ -100,6 +100,7 @@ _KINDS = {
     b"host": HOST,
     b"expect": EXPECT,
 }
+_FORWARDED_IN_RESPONSES = frozenset({PLAIN, HOST, EXPECT})
 _kind_cache: dict[bytes, int] = {}
 _KIND_CACHE_MAX = 4096
 
@@ -192,7 +193,7 @@ def classify_response(raw: Headers) -> ResponseHeaders:
         kind = _kind_cache.get(header[0])
         if kind is None:
             kind = header_kind(header[0])
-        if kind == PLAIN or kind == HOST or kind == EXPECT:
+        if kind in _FORWARDED_IN_RESPONSES:
             forward.append(header)
         elif kind == LENGTH:
             length = _content_length(header[1], length)
