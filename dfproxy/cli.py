@@ -135,6 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         def loader() -> ProxyConfig:
             return load_config(args)
 
+    if args.worker_index is not None:
+        from dfproxy.workers import die_with_supervisor
+
+        die_with_supervisor()
     settings = Settings(
         loader=loader,
         watch_paths=list(args.config),

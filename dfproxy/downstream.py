@@ -42,7 +42,7 @@ from dfproxy.http.authority import (
 )
 from dfproxy.http.headers import HeaderError, classify_request
 from dfproxy.http.local_reply import local_reply
-from dfproxy.stream import QUEUED, Stream
+from dfproxy.stream import QUEUED, RESPONDING, Stream
 
 if TYPE_CHECKING:
     from dfproxy.listener import Listener
@@ -53,8 +53,22 @@ log = logging.getLogger("dfproxy.downstream")
 HTTP, STOPPED, TUNNEL, CLOSED = "http", "stopped", "tunnel", "closed"
 
 
+# Envoy's defaults: max_request_headers_kb 60, max_headers_count 100. A client cannot make the
+# proxy buffer an endless head; past either limit the answer is 431 and the connection closes.
+MAX_HEAD_BYTES = 60 * 1024
+MAX_HEADERS = 100
+# Requests parsed ahead of their turn (pipelining); more is abuse, not a client's need.
+MAX_PIPELINED = 64
+
+
 class BadRequestError(Exception):
-    """The request cannot be served; the message is the 400 body."""
+    """The request cannot be served; the message is the response body."""
+
+    status = 400
+
+
+class HeadTooLarge(BadRequestError):
+    status = 431
 
 
 class HttpConnection(asyncio.Protocol):
@@ -80,6 +94,7 @@ class HttpConnection(asyncio.Protocol):
         "_headers",
         "_trailers",
         "_head_done",
+        "_head_size",
         "_corked",
         "st_tunnels",
     )
@@ -104,6 +119,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._head_done = False
+        self._head_size = 0
         self._corked: list[bytes] | None = None
         self.st_tunnels = listener.st_tunnels
 
@@ -130,7 +146,7 @@ class HttpConnection(asyncio.Protocol):
                 # A callback's own exception arrives wrapped, as the error's __context__.
                 cause = exc.__context__
                 if isinstance(cause, BadRequestError):
-                    self._bad_request(str(cause))
+                    self._bad_request(str(cause), cause.status)
                 elif isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
                     log.error("internal error serving %s", self.peer, exc_info=cause)
                     self._fail(500, b"internal error")
@@ -188,17 +204,25 @@ class HttpConnection(asyncio.Protocol):
         self._headers = []
         self._trailers = None
         self._head_done = False
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > MAX_HEAD_BYTES:
+            raise HeadTooLarge("request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value)
+        if self._head_size > MAX_HEAD_BYTES:
+            raise HeadTooLarge("request headers too large")
         if self._head_done:
             if self._trailers is None:
                 self._trailers = []
             self._trailers.append((name, value))
         else:
             self._headers.append((name, value))
+            if len(self._headers) > MAX_HEADERS:
+                raise HeadTooLarge("too many request headers")
 
     def on_headers_complete(self) -> None:
         self._head_done = True
@@ -246,6 +270,8 @@ class HttpConnection(asyncio.Protocol):
             host_header,
             is_connect,
         )
+        if len(self.streams) >= MAX_PIPELINED:
+            raise BadRequestError("too many pipelined requests")
         self.parsing = stream
         self.streams.append(stream)
         if len(self.streams) == 1:
@@ -397,10 +423,10 @@ class HttpConnection(asyncio.Protocol):
         if not self.streams and self.tunnel is None:
             self.close_after_flush()
 
-    def _bad_request(self, message: str) -> None:
+    def _bad_request(self, message: str, status: int = 400) -> None:
         log.info("bad request from %s: %s", self.peer, message)
         body = message.encode("utf-8", "replace")
-        self.listener.count_response(400)
+        self.listener.count_response(status)
         if self.access_log is not None:
             self.access_log.log(
                 LogEntry(
@@ -408,7 +434,7 @@ class HttpConnection(asyncio.Protocol):
                     method="-",
                     path="",
                     protocol="HTTP/1.1",
-                    status=400,
+                    status=status,
                     flags=rf.DOWNSTREAM_PROTOCOL_ERROR,
                     bytes_received=0,
                     bytes_sent=0,
@@ -421,17 +447,20 @@ class HttpConnection(asyncio.Protocol):
                     details=message,
                 )
             )
-        self._fail(400, body)
+        self._fail(status, body)
 
     def _fail(self, status: int, body: bytes) -> None:
         """Answer ``status`` and close: the byte stream can no longer be trusted."""
-        # Streams already answered stay answered; anything in flight is abandoned.
+        # Streams already answered stay answered; anything in flight is abandoned. The error
+        # goes out first (abandoning a stream closes the connection), and only when no
+        # response has started on this connection: it would land inside another response.
         streams, self.streams = self.streams, deque()
+        self.state = CLOSED
+        if not streams or streams[0].state < RESPONDING:
+            self.write(local_reply(status, body, close=True))
+        self.close_after_flush()
         for stream in streams:
             stream.downstream_closed()
-        self.state = CLOSED
-        self.write(local_reply(status, body, close=True))
-        self.close_after_flush()
 
 
 def _parser_message(exc: Exception) -> str:

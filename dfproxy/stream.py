@@ -473,7 +473,10 @@ class Stream:
         """The upstream connection closed or broke before the exchange completed."""
         self.upstream = None
         if self.state == FORWARDING:
-            self.local_error(errors.UpstreamReset(reason))
+            if reason.startswith("protocol error"):
+                self.local_error(errors.UpstreamProtocolError(reason))
+            else:
+                self.local_error(errors.UpstreamReset(reason))
         elif self.state == RESPONDING:
             self.flags = rf.UPSTREAM_CONNECTION_TERMINATION
             self.details = f"upstream_reset_after_response_started{{{reason}}}"
@@ -492,10 +495,11 @@ class Stream:
     def _start_connect_tunnel(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
         self.upstream_address = conn.address
-        conn.start_tunnel(self)
         self.resp_status = 200
+        # The 200 first: a server-first origin's greeting is delivered by start_tunnel().
         self.conn.write(connect_established())
         self._enter_tunnel(b"")
+        conn.start_tunnel(self)
 
     def _enter_tunnel(self, upstream_rest: bytes) -> None:
         self.state = TUNNEL
@@ -543,7 +547,7 @@ class Stream:
         """Answer with the error's status and Envoy wording (before the response started)."""
         if err.flag:
             self.flags = err.flag
-        self.details = err.detail or err.body
+        self.details = err.code_details
         if err.status >= 500 or err.status == 400:
             log.info(
                 "%s %s -> %d %s (%s)",

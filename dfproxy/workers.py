@@ -34,6 +34,22 @@ RESTART_BACKOFF = 1.0
 READY_TIMEOUT = 30.0
 
 
+def die_with_supervisor() -> None:
+    """In a worker: get SIGTERM when the supervisor dies (Linux PR_SET_PDEATHSIG), so a
+    killed supervisor never leaves workers holding the port. Exits if it is already gone."""
+    expected = os.environ.get("DFPROXY_SUPERVISOR_PID")
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.warning("cannot ask to be told of the supervisor's death on this platform")
+    if expected is not None and os.getppid() != int(expected):
+        log.error("supervisor %s is gone; worker exiting", expected)
+        raise SystemExit(0)
+
+
 class Worker:
     __slots__ = ("index", "process", "ports_file", "admin_port", "started", "restarts")
 
@@ -96,7 +112,8 @@ class Supervisor:
     async def _start(self, worker: Worker) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(worker.ports_file)
-        worker.process = await asyncio.create_subprocess_exec(*self._worker_argv(worker))
+        env = dict(os.environ, DFPROXY_SUPERVISOR_PID=str(os.getpid()))
+        worker.process = await asyncio.create_subprocess_exec(*self._worker_argv(worker), env=env)
         worker.started = time.monotonic()
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline and worker.process.returncode is None:

@@ -17,9 +17,18 @@ class ProxyError(Exception):
     flag = ""
     close = False  # the downstream connection cannot be reused afterwards
 
+    details = ""  # Envoy's %RESPONSE_CODE_DETAILS%; "{}" gets the detail text
+
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.body)
         self.detail = detail
+
+    @property
+    def code_details(self) -> str:
+        """Envoy's response code details for this error (access log)."""
+        if "{}" in self.details:
+            return self.details.replace("{}", "{" + (self.detail or "") + "}")
+        return self.details or self.detail or self.body
 
 
 class BadRequest(ProxyError):
@@ -37,12 +46,14 @@ class EmptyHost(ProxyError):
     status = 400
     body = "Empty host header"
     flag = ""
+    details = "empty_host_header"
 
 
 class NoRoute(ProxyError):
     status = 404
     body = ""
     flag = rf.NO_ROUTE_FOUND
+    details = "route_not_found"
 
 
 class ConnectForbidden(ProxyError):
@@ -51,6 +62,7 @@ class ConnectForbidden(ProxyError):
     status = 403
     body = ""
     close = True
+    details = "upgrade_failed"
 
 
 class ForwardingLoop(ProxyError):
@@ -59,19 +71,23 @@ class ForwardingLoop(ProxyError):
     status = 508
     body = "forwarding loop detected: the destination is this proxy's own listener"
     flag = rf.LOCAL_RESET
+    details = "forwarding_loop_detected"
 
 
 class DnsResolutionFailure(ProxyError):
     body = "DNS resolution failure"
     flag = rf.DNS_RESOLUTION_FAILED
+    details = "dns_resolution_failure{}"
 
 
 class DnsCacheOverflow(ProxyError):
     body = "DNS cache overflow"
+    details = "dns_cache_overflow"
 
 
 class PendingRequestOverflow(ProxyError):
     body = "Dynamic forward proxy pending request overflow"
+    details = "dynamic_forward_proxy_pending_request_overflow"
 
 
 class UpstreamConnectFailure(ProxyError):
@@ -80,6 +96,7 @@ class UpstreamConnectFailure(ProxyError):
         "reset reason: connection failure"
     )
     flag = rf.UPSTREAM_CONNECTION_FAILURE
+    details = "upstream_reset_before_response_started{connection_failure}"
 
 
 class UpstreamReset(ProxyError):
@@ -88,20 +105,24 @@ class UpstreamReset(ProxyError):
         "reset reason: connection termination"
     )
     flag = rf.UPSTREAM_CONNECTION_TERMINATION
+    details = "upstream_reset_before_response_started{connection_termination}"
 
 
 class UpstreamOverflow(ProxyError):
     body = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
     flag = rf.UPSTREAM_OVERFLOW
+    details = "upstream_reset_before_response_started{overflow}"
 
 
 class UpstreamProtocolError(ProxyError):
     status = 502
     body = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
     flag = rf.UPSTREAM_PROTOCOL_ERROR
+    details = "upstream_reset_before_response_started{protocol_error}"
 
 
 class UpstreamTimeout(ProxyError):
     status = 504
     body = "upstream request timeout"
     flag = rf.UPSTREAM_REQUEST_TIMEOUT
+    details = "response_timeout"

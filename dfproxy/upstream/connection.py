@@ -15,22 +15,19 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from dfproxy.flow_control import FlowControl, set_nodelay
+from dfproxy.flow_control import HIGH_WATER, PEER_BACKPRESSURE, FlowControl, set_nodelay
 
 if TYPE_CHECKING:
     from dfproxy.dns.cache import DnsHostInfo
     from dfproxy.upstream.pool import UpstreamPool
 
 
-def pool_key(host: DnsHostInfo) -> tuple[str, int]:
-    """Idle plaintext connections are shared per resolved address, not per name.
+# Bytes an origin may send before its stream attaches (server-first protocols) before we stop
+# reading from it.
+EARLY_LIMIT = HIGH_WATER
 
-    HTTP/1.1 over plain TCP carries the Host in each request, so a connection to ip:port can
-    serve every name that resolves there (as nginx and HAProxy reuse connections); with many
-    names on one address (tenants, CDNs) a per-name pool would open a connection per name.
-    """
-    return (host.addresses[0][0], host.port)
-
+# Envoy applies the same header-count limit to responses; llhttp bounds nothing itself.
+MAX_RESPONSE_HEADERS = 100
 
 CONNECTED, ACTIVE, IDLE, TUNNEL, CLOSED = "connected", "active", "idle", "tunnel", "closed"
 
@@ -83,12 +80,15 @@ class UpstreamConnection(asyncio.Protocol):
         "flow",
         "received_any",
         "request_done",
+        "early",
     )
 
     def __init__(self, pool: UpstreamPool, host: DnsHostInfo) -> None:
         self.pool = pool
         self.host = host
-        self.key = pool_key(host)
+        # The address actually connected to (set in connection_made): idle plaintext
+        # connections are shared per peer address, never per name (see UpstreamPool).
+        self.key: tuple[str, int] = ("", 0)
         self.address = ""
         self.transport: asyncio.Transport | None = None
         self.state = CONNECTED
@@ -106,6 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.flow: FlowControl | None = None
         self.received_any = False
         self.request_done = False
+        self.early: list[bytes] | None = None  # bytes that came before a stream attached
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             host = peer[0]
+            self.key = (host, peer[1])
             self.address = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
 
     def data_received(self, data: bytes) -> None:
@@ -125,6 +127,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.tunnel_data(data)
             return
         if self.sink is None:
+            if self.state == CONNECTED:
+                # A server-first protocol (SMTP, SSH) may greet before the stream that asked
+                # for this connection has attached: keep the bytes for it.
+                if self.early is None:
+                    self.early = []
+                self.early.append(data)
+                if self.flow is not None and sum(map(len, self.early)) > EARLY_LIMIT:
+                    self.flow.pause(PEER_BACKPRESSURE)
+                return
             # Bytes while idle: the origin is misbehaving; the connection is unusable.
             self.close()
             return
@@ -188,6 +199,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= MAX_RESPONSE_HEADERS:
+            raise ValueError("too many response headers")
         if self.head_done:
             if self.trailers is None:
                 self.trailers = []
@@ -262,6 +275,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = False
         self.request_done = False
         self.requests += 1
+        if self.early:
+            self._deliver_early()
 
     def detach(self) -> None:
         """The stream gave up on this connection mid-exchange: it cannot be reused."""
@@ -272,6 +287,14 @@ class UpstreamConnection(asyncio.Protocol):
         """Raw bytes from now on (CONNECT terminated by us)."""
         self.state = TUNNEL
         self.sink = sink
+        self._deliver_early()
+
+    def _deliver_early(self) -> None:
+        early, self.early = self.early, None
+        if early:
+            if self.flow is not None:
+                self.flow.resume(PEER_BACKPRESSURE)
+            self.data_received(b"".join(early))
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None

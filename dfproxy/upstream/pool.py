@@ -56,16 +56,22 @@ class UpstreamPool:
         self._sweeper: asyncio.TimerHandle | None = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def get_idle(self, host: DnsHostInfo) -> UpstreamConnection | None:
-        """An idle connection to ``host``'s address ready for a request, or None."""
-        conns = self.idle.get((host.addresses[0][0], host.port))
-        while conns:
-            conn = conns.pop()
-            if (
-                conn.state == IDLE
-                and conn.transport is not None
-                and not conn.transport.is_closing()
-            ):
-                return conn
+        """An idle connection to one of ``host``'s addresses, or None.
+
+        Plaintext HTTP/1.1 names its Host in every request, so a connection to ip:port serves
+        every name that resolves to that address (nginx and HAProxy reuse the same way); with
+        many names on one address (tenants, CDNs) a pool per name would open a connection per
+        name. Connections are filed under the peer they are actually connected to, and only
+        an address in this host's own list is ever used for it.
+        """
+        port = host.port
+        for ip, _ in host.addresses:
+            conns = self.idle.get((ip, port))
+            while conns:
+                conn = conns.pop()
+                t = conn.transport
+                if conn.state == IDLE and t is not None and not t.is_closing():
+                    return conn
         return None
 
     def connect(self, host: DnsHostInfo, callback: ConnectCallback) -> asyncio.Task[None]:
