@@ -9,6 +9,7 @@ Tests that change a proxy's state (signals, flags) use ``proxy_factory`` instead
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -40,14 +41,33 @@ def module_proxy(
     dns: DNSTestServer,
     loop: str,
     *extra_args: str,
+    log_level: str = "debug",
+    drain_timeout: float = 2.0,
 ) -> Iterator[ProxyProcess]:
+    """A proxy for a whole module. At teardown it must exit 0 without hitting the drain
+    deadline: every test closed its clients, so a connection still open then was leaked."""
     workdir = tmp_path_factory.mktemp(f"proxy-{loop}")
-    p = ProxyProcess.launch(workdir, *extra_args, dns_resolver=dns.address, loop=loop)
+    p = ProxyProcess.launch(
+        workdir,
+        "--drain-timeout",
+        str(drain_timeout),
+        *extra_args,
+        dns_resolver=dns.address,
+        loop=loop,
+        log_level=log_level,
+    )
     try:
         yield p
     finally:
         p.stop()
         print(f"--- {p!r} exit={p.returncode}; stderr tail ---\n{p.stderr_tail(150)}")
+    if p.returncode != 0 or "drain deadline passed" in p.stderr_text():
+        pytest.fail(
+            f"the module's proxy ({loop}) did not shut down cleanly (exit {p.returncode}): "
+            "connections were still open at the drain deadline, i.e. leaked by a test "
+            f"above\n{p.stderr_tail(40)}",
+            pytrace=False,
+        )
 
 
 def check_alive(p: ProxyProcess) -> None:
@@ -56,6 +76,19 @@ def check_alive(p: ProxyProcess) -> None:
         pytest.fail(
             f"the shared proxy exited with {p.returncode}\n{p.stderr_tail(80)}", pytrace=False
         )
+
+
+def no_ip_queries(dns: DNSTestServer, since: int = 0) -> bool:
+    """True if no DNS query since index ``since`` asked for an IP literal (a background
+    refresh of some other name may legitimately arrive meanwhile)."""
+    asked = [q.name for q in dns.queries[since:]]
+    for name in asked:
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            continue
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------- logs

@@ -11,7 +11,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests.helpers import (
+    check_alive,
+    module_dns_server,
+    module_proxy,
+    no_ip_queries,
+    parse_log_line,
+    wait_for_log_line,
+)
 from tests.support.clients import RawClient, build_request, curl
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer, pattern_bytes, pattern_sha256, websocket_accept
@@ -131,26 +138,26 @@ def test_ipv6_literal_origin(
     if not ipv6_available():
         pytest.skip("::1 is not available")
     origin6 = origin_factory("::1")
-    before = dns_server.count()
+    before = len(dns_server.queries)
     r = proxy.curl("-g", f"http://[::1]:{origin6.port}/echo")
     r.check()
     assert r.http_code == 200
     seen = r.json()
     assert [v for k, v in seen["headers"] if k.lower() == "host"] == [f"[::1]:{origin6.port}"]
     assert seen["target"] == "/echo"
-    assert dns_server.count() == before  # IP literals skip DNS
+    assert no_ip_queries(dns_server, before)  # IP literals skip DNS
 
 
 def test_ip_literals_do_not_hit_dns(
     proxy: ProxyProcess, origin: OriginServer, dns_server: DNSTestServer
 ) -> None:
-    before = dns_server.count()
+    before = len(dns_server.queries)
     for _ in range(2):
         assert proxy.curl(origin.url("/echo")).http_code == 200
     with client(proxy) as c:
         c.send(build_request("GET", "/echo", {"Host": origin.authority}))
         assert c.recv_response().status == 200
-    assert dns_server.count() == before
+    assert no_ip_queries(dns_server, before)
 
 
 def test_two_hosts_on_one_client_connection(
@@ -204,6 +211,50 @@ def test_http10_origin_form_with_host(proxy: ProxyProcess, origin: OriginServer)
         resp = c.recv_response()
         assert resp.status == 200
         assert resp.json()["target"] == "/echo"
+
+
+def test_client_connection_close_is_honoured(proxy: ProxyProcess, origin: OriginServer) -> None:
+    with client(proxy) as c:
+        resp = c.request("GET", origin.url("/echo"), headers=[("Connection", "close")])
+        assert resp.status == 200
+        assert "close" in (resp.header("connection") or "").lower()
+        assert c.is_closed_by_peer(5)
+    # the upstream connection stays reusable: "close" was hop-by-hop
+    assert origin.requests[-1].keep_alive
+
+
+# ---------------------------------------------------------------------------- access log
+def test_access_log_line_for_forwarded_request(
+    proxy: ProxyProcess, origin: OriginServer, proxy_loop: str
+) -> None:
+    """Envoy's default format: %BYTES_RECEIVED% / %BYTES_SENT% count body bytes only for
+    HTTP (the response head counts only for upgrades), %UPSTREAM_HOST% is ip:port."""
+    agent = f"log-fwd-{proxy_loop}"
+    body = pattern_bytes(500)
+    with client(proxy) as c:
+        resp = c.request(
+            "POST",
+            origin.url("/bytes/1000?x=1"),
+            headers=[
+                ("User-Agent", agent),
+                ("X-Request-Id", "rid-1"),
+                ("X-Forwarded-For", "1.2.3.4"),
+            ],
+            body=body,
+        )
+        assert resp.status == 200 and resp.body_length == 1000
+    line = parse_log_line(wait_for_log_line(proxy, rf'"{agent}"'))
+    assert line["method"] == "POST"
+    assert line["path"] == "/bytes/1000?x=1"
+    assert line["protocol"] == "HTTP/1.1"
+    assert line["status"] == "200"
+    assert line["flags"] == "-"
+    assert line["request_id"] == "rid-1"
+    assert line["xff"] == "1.2.3.4"
+    assert line["authority"] == origin.authority
+    assert line["upstream"] == origin.authority
+    assert int(line["received"]) == len(body)
+    assert int(line["sent"]) == 1000
 
 
 # ---------------------------------------------------------------------------- hop-by-hop
@@ -336,9 +387,31 @@ def test_http10_client_gets_close_delimited_or_length(
         assert c.is_closed_by_peer(5)
 
 
-def test_request_body_content_length_and_chunked(
-    proxy: ProxyProcess, origin: OriginServer
+@pytest.mark.parametrize("path", ["/close/150000", "/chunked/150000", "/bytes/150000"])
+def test_http10_keep_alive_client_with_unknown_length(
+    proxy: ProxyProcess, origin: OriginServer, path: str
 ) -> None:
+    """HTTP/1.0 + keep-alive: only a Content-Length response can keep the connection; an
+    unknown length must be close-delimited and must not claim keep-alive."""
+    with client(proxy) as c:
+        c.send_request(
+            "GET", origin.url(path), headers=[("Connection", "keep-alive")], version="HTTP/1.0"
+        )
+        resp = c.recv_response()
+        assert resp.status == 200
+        assert resp.body_sha256 == pattern_sha256(150_000)
+        conn = (resp.header("connection") or "").lower()
+        if path.startswith("/bytes/"):
+            assert resp.framing == "content-length"
+            assert "keep-alive" in conn
+            assert c.request("GET", origin.url("/echo"), version="HTTP/1.0").status == 200
+        else:
+            assert resp.framing == "close"
+            assert "keep-alive" not in conn
+            assert c.is_closed_by_peer(5)
+
+
+def test_request_body_content_length_and_chunked(proxy: ProxyProcess, origin: OriginServer) -> None:
     body = os.urandom(100_000)
     with client(proxy) as c:
         r1 = c.request("POST", origin.url("/echo"), body=body)
@@ -393,6 +466,39 @@ def test_pipelined_slow_first_request_keeps_order(
         first, second = c.recv_response(), c.recv_response()
     assert first.body == b"slow\n"
     assert second.json()["target"] == "/echo"
+
+
+def test_pipelined_request_after_a_body(proxy: ProxyProcess, origin: OriginServer) -> None:
+    body = pattern_bytes(300_000)
+    wire = build_request(
+        "POST", origin.url("/echo"), {"Host": origin.authority, "Content-Length": str(len(body))}
+    )
+    wire += body + build_request("GET", origin.url("/echo?after"), {"Host": origin.authority})
+    with client(proxy) as c:
+        c.send(wire)
+        first, second = c.recv_response(), c.recv_response()
+    assert first.json()["body_length"] == len(body)
+    assert first.json()["body_sha256"] == pattern_sha256(len(body))
+    assert second.json()["target"] == "/echo?after"
+
+
+def test_upgrade_not_accepted_then_pipelined_request(
+    proxy: ProxyProcess, origin: OriginServer
+) -> None:
+    """An Upgrade request the origin answers with a plain 200: the bytes after it are the
+    next request, not tunnel data (llhttp stops at the upgrade; the proxy must resume)."""
+    wire = build_request(
+        "GET",
+        origin.url("/echo?first"),
+        {"Host": origin.authority, "Connection": "Upgrade", "Upgrade": "websocket"},
+    )
+    wire += build_request("GET", origin.url("/echo?second"), {"Host": origin.authority})
+    with client(proxy, timeout=5) as c:
+        c.send(wire)
+        first, second = c.recv_response(), c.recv_response()
+        assert first.status == 200 and first.json()["target"] == "/echo?first"
+        assert second.status == 200 and second.json()["target"] == "/echo?second"
+        assert c.request("GET", origin.url("/echo?third")).json()["target"] == "/echo?third"
 
 
 # ---------------------------------------------------------------------------- 100-continue

@@ -244,3 +244,27 @@ def test_origin_reset_mid_body_http10_client(proxy: ProxyProcess, origin: Origin
         assert info.value.partial.body_length <= 1000
     with RawClient("127.0.0.1", proxy.port, timeout=10) as c:
         assert c.request("GET", origin.url("/echo")).status == 200
+
+
+# ---------------------------------------------------------------------------- client aborts
+def test_client_abort_mid_download_closes_upstream(
+    proxy: ProxyProcess, origin: OriginServer
+) -> None:
+    """The origin stalls mid-body until its peer closes: when the client goes away, the proxy
+    must close the upstream connection too (no leaked origin connections)."""
+    with RawClient("127.0.0.1", proxy.port, timeout=10) as c:
+        c.send_request("GET", origin.url("/stall-body/200000"))
+        assert c.recv(65536).startswith(b"HTTP/1.1 200")
+        origin.wait_until(lambda: origin.open_connections == 1, 5, "the upstream connection")
+    origin.wait_until(lambda: origin.open_connections == 0, 5, "the upstream connection to close")
+    with RawClient("127.0.0.1", proxy.port, timeout=10) as c:
+        assert c.request("GET", origin.url("/echo")).status == 200
+
+
+def test_client_abort_mid_upload_closes_upstream(proxy: ProxyProcess, origin: OriginServer) -> None:
+    with RawClient("127.0.0.1", proxy.port, timeout=10) as c:
+        c.send_request("POST", origin.url("/upload"), headers=[("Content-Length", str(10 * MiB))])
+        c.send(b"x" * MiB)
+        origin.wait_until(lambda: origin.open_connections == 1, 5, "the upstream connection")
+    origin.wait_until(lambda: origin.open_connections == 0, 5, "the upstream connection to close")
+    assert origin.requests == []  # the origin never saw a complete request
