@@ -41,6 +41,7 @@ class LogEntry:
     upstream_host: str | None
     upstream_address: str | None = None
     details: str | None = None
+    downstream_remote_address: str | None = None
 
 
 def _iso(ts: float) -> str:
@@ -79,6 +80,7 @@ def format_json(e: LogEntry) -> str:
                 "authority": e.authority,
                 "upstream_host": e.upstream_host,
                 "upstream_address": e.upstream_address,
+                "downstream_remote_address": e.downstream_remote_address,
             },
             separators=(",", ":"),
         )

@@ -4,6 +4,8 @@ Connection states:
     HTTP     the parser reads requests; each complete head becomes a Stream. Streams are
              answered strictly in order (pipelining, RFC 9112 §9.3.2): only ``streams[0]``
              runs; later ones wait QUEUED with reading paused.
+    PROXY_HEADER  (useProxyProto) the load balancer's PROXY v1/v2 header comes first; its
+             source address replaces the socket's peer, then HTTP begins.
     STOPPED  the parser handed over at CONNECT or Upgrade (llhttp stops there); bytes after
              the head are held until the stream decides: a tunnel takes them, otherwise a
              fresh parser reads them as the next request.
@@ -32,6 +34,7 @@ from dfproxy.flow_control import (
     FlowControl,
     set_nodelay,
 )
+from dfproxy.http import proxy_protocol
 from dfproxy.http import response_flags as rf
 from dfproxy.http.authority import (
     Authority,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dfproxy.downstream")
 
 HTTP, STOPPED, TUNNEL, CLOSED = "http", "stopped", "tunnel", "closed"
+PROXY_HEADER = "proxy-header"  # useProxyProto: waiting for the PROXY protocol header
 
 
 # Envoy's defaults: max_request_headers_kb 60, max_headers_count 100. A client cannot make the
@@ -107,7 +111,7 @@ class HttpConnection(asyncio.Protocol):
         self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
         self.streams: deque[Stream] = deque()
         self.parsing: Stream | None = None
-        self.state = HTTP
+        self.state = PROXY_HEADER if listener.use_proxy_protocol else HTTP
         self.held: list[bytes] = []
         self.held_size = 0
         self.tunnel: Stream | None = None
@@ -160,6 +164,32 @@ class HttpConnection(asyncio.Protocol):
             self.held_size += len(data)
             if self.held_size > HIGH_WATER:
                 self.flow.pause(BODY_BUFFER)
+        elif self.state == PROXY_HEADER:
+            self._proxy_header(data)
+
+    def _proxy_header(self, data: bytes) -> None:
+        self.held.append(data)
+        buf = b"".join(self.held)
+        try:
+            header = proxy_protocol.parse(buf)
+        except proxy_protocol.ProxyProtocolError as exc:
+            # Envoy closes such connections without an HTTP answer: the peer is not a client.
+            log.info("closing %s: %s", self.peer, exc)
+            self.state = CLOSED
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if header is None:
+            self.held = [buf]
+            return
+        self.held = []
+        if header.source is not None:
+            host, port = header.source
+            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.state = HTTP
+        rest = buf[header.length :]
+        if rest:
+            self.data_received(rest)
 
     def eof_received(self) -> bool | None:
         if self.state == TUNNEL and self.tunnel is not None:

@@ -37,8 +37,10 @@ class Listener:
         stats: StatsStore,
         access_log: AccessLog | None,
         default_port: int = 80,
+        use_proxy_protocol: bool = False,
     ) -> None:
         self.name = name
+        self.use_proxy_protocol = use_proxy_protocol
         self.loop = loop
         self.routes = routes
         self.access_log = access_log

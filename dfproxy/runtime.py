@@ -57,7 +57,7 @@ class Runtime:
         self.kept_routes: list[tuple[Listener, RouteTable]] = []
         old_clusters = dict(previous.clusters) if previous else {}
         old_listeners = {
-            (spec.name, spec.host, spec.port): listener
+            (spec.name, spec.host, spec.port, spec.use_proxy_protocol): listener
             for spec, listener in (previous.listeners if previous else [])
         }
         own_ports: set[int] = set()
@@ -72,12 +72,21 @@ class Runtime:
                     for vh in spec.virtual_hosts
                 ]
             )
-            listener = old_listeners.pop((spec.name, spec.host, spec.port), None)
+            listener = old_listeners.pop(
+                (spec.name, spec.host, spec.port, spec.use_proxy_protocol), None
+            )
             if listener is not None:
                 self.kept_routes.append((listener, routes))  # swapped in by activate()
                 own_ports, own_endpoints = listener.own_ports, listener.own_endpoints
             else:
-                listener = Listener(spec.name, loop, routes, stats, access_log)
+                listener = Listener(
+                    spec.name,
+                    loop,
+                    routes,
+                    stats,
+                    access_log,
+                    use_proxy_protocol=spec.use_proxy_protocol,
+                )
                 self.new_listeners.append((spec, listener))
             self.listeners.append((spec, listener))
         # Every listener of this process shares one record of where the process listens.

@@ -676,6 +676,7 @@ class Stream:
             upstream_host=self.upstream_address or (host.key if host is not None else None),
             upstream_address=self.upstream_address or None,
             details=self.details or None,
+            downstream_remote_address=self.conn.peer or None,
         )
 
 

@@ -565,6 +565,7 @@ def translate(docs: Sequence[Document]) -> tuple[ProxyConfig | None, list[str]]:
                 dfp=dfp,
                 connect_enabled=connect_enabled,
                 websocket_enabled=websocket_enabled,
+                use_proxy_protocol=spec.use_proxy_proto,
                 virtual_hosts=vhosts,
             )
         )

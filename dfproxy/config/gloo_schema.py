@@ -197,13 +197,6 @@ class GatewaySpec(Model):
             raise ValueError("ssl: true (a TLS listener) is not supported yet")
         return value
 
-    @field_validator("use_proxy_proto")
-    @classmethod
-    def _no_proxy_proto(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("useProxyProto: true (PROXY protocol) is not supported yet")
-        return value
-
 
 class Metadata(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
