@@ -96,6 +96,7 @@ def _detail_row(cell: Cell) -> str:
         _num(cell.rps),
         _num(cell.p50_ms, 2),
         _num(cell.p99_ms, 2),
+        _num(cell.cpu_us_per_req, 1),
         _num(cell.mbps),
         errors,
         dns,
@@ -106,8 +107,8 @@ def _detail_row(cell: Cell) -> str:
 
 def detail_table(cells: Sequence[Cell]) -> str:
     head = (
-        "| scenario | peer | status | req/s | p50 ms | p99 ms | MB/s | errors | DNS q/1k req "
-        "| note |\n|---|---|---|---:|---:|---:|---:|---:|---:|---|"
+        "| scenario | peer | status | req/s | p50 ms | p99 ms | CPU µs/req | MB/s | errors "
+        "| DNS q/1k req | note |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     return "\n".join([head, *(_detail_row(c) for c in cells)])
 
@@ -127,6 +128,25 @@ def ratio_table(cells: Sequence[Cell], scenarios: Sequence[Scenario], peers: lis
     for sc in scenarios:
         mine = idx.get((sc.name, "dfproxy"))
         row = [_ratio(mine, idx.get((sc.name, p))) for p in others]
+        lines.append(f"| {sc.name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def cpu_table(cells: Sequence[Cell], scenarios: Sequence[Scenario], peers: list[str]) -> str:
+    """CPU µs per request of each proxy, and each peer's cost relative to dfproxy's."""
+    proxies = [p for p in peers if p != "direct"]
+    idx = _index(cells)
+    others = [p for p in proxies if p != "dfproxy"]
+    heads = proxies + [f"{p}/dfproxy" for p in others if "dfproxy" in proxies]
+    lines = ["| scenario | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for sc in scenarios:
+        vals = {p: getattr(idx.get((sc.name, p)), "cpu_us_per_req", None) for p in proxies}
+        row = [_num(vals[p], 1) for p in proxies]
+        if "dfproxy" in proxies:
+            mine = vals.get("dfproxy")
+            for p in others:
+                theirs = vals.get(p)
+                row.append(f"{theirs / mine:.2f}" if theirs and mine else "-")
         lines.append(f"| {sc.name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -165,6 +185,10 @@ def render_markdown(
     ]
     if "dfproxy" in peers:
         parts += ["## Ratios (dfproxy throughput / other)", ratio_table(cells, scenarios, peers)]
+    parts += [
+        "## CPU per request (µs of the proxy's processes; peer/dfproxy > 1: dfproxy is cheaper)",
+        cpu_table(cells, [s for s in scenarios if s.kind == "wrk"], peers),
+    ]
     parts += ["## Scenarios", "\n".join(f"- `{s.name}`: {s.summary}" for s in scenarios)]
     caveats = [PEER_CAVEATS[p] for p in peers if p in PEER_CAVEATS]
     parts += ["## Notes", "\n".join(f"- {n}" for n in [*notes, *caveats, *CAVEATS])]

@@ -16,7 +16,7 @@ from harness.load import (
     run_curl,
     run_wrk,
 )
-from harness.procs import Proc
+from harness.procs import Proc, session_cpu_seconds
 from harness.servers import LOOPBACK, Dns, Origin
 
 Form = Literal["absolute", "origin"]
@@ -102,6 +102,7 @@ class Cell:
     dns_floor_per_1k: float | None = None
     dns_by_type: dict[str, int] | None = None
     bulk_runs_mbps: list[float] | None = None
+    cpu_us_per_req: float | None = None  # the proxy's CPU time per request (all its processes)
 
 
 def _with_note(base: str, target: Target, scenario: Scenario) -> str:
@@ -199,9 +200,13 @@ def run_wrk_cell(target: Target, scenario: Scenario, ctx: Context) -> Cell:
         return Cell(scenario.name, target.name, "n/a", _with_note(why, target, scenario))
     req = wrk_request(target, scenario, origin_port)
     warm = run_wrk(req, st.warmup_s, st.connections) if st.warmup_s > 0 else None
+    cpu_before = session_cpu_seconds(target.proc.pid) if target.proc else None
     res = run_wrk(req, st.duration_s, st.connections)
+    cpu_after = session_cpu_seconds(target.proc.pid) if target.proc else None
     dns = _dns_delta(dns_before, _dns_counts(ctx) if dns_before is not None else None)
     cell = _wrk_cell(target, scenario, res, warm, dns)
+    if cpu_before is not None and cpu_after is not None and res.requests:
+        cell.cpu_us_per_req = (cpu_after - cpu_before) * 1e6 / res.requests
     if res.requests == 0:
         cell.status, cell.note = "failed", "no responses"
     elif (cell.error_pct or 0.0) > 100.0 * st.error_limit:
