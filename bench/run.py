@@ -15,6 +15,7 @@ import datetime as dt
 import os
 import shlex
 import shutil
+import subprocess
 import signal
 import sys
 import tempfile
@@ -266,6 +267,8 @@ def main(argv: Sequence[str]) -> int:
         notes.append("run interrupted: partial results")
     meta = _meta(args, settings, origin, dns)
     meta |= {"started": started, "elapsed_s": time.monotonic() - t0, "loadavg": loadavg}
+    if "dfproxy" in peers and not interrupted:
+        notes.append(dfproxy_extras(args.quick))
     meta["notes"] = notes
     table_peers = ["direct", *peers]
     markdown = render_markdown(meta, runner.cells, scenarios, table_peers, notes)
@@ -273,6 +276,28 @@ def main(argv: Sequence[str]) -> int:
     print("\n" + markdown)
     print(f"wrote {md_path} and {json_path}")
     return 130 if interrupted else 0
+
+
+def dfproxy_extras(quick: bool) -> str:
+    """dfproxy-only figures: DNS cache memory per host, and its Python cost per request."""
+    here = Path(__file__).parent
+    out = []
+    for script, args in (
+        ("dns_memory.py", ["--hosts", "20000" if quick else "100000"]),
+        ("hotpath.py", ["--requests", "50000" if quick else "200000"]),
+    ):
+        try:
+            res = subprocess.run(
+                [sys.executable, str(here / script), *args],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
+            out.append(res.stdout.strip().splitlines()[-1])
+        except (subprocess.SubprocessError, IndexError) as exc:
+            out.append(f"{script} failed: {exc}")
+    return "dfproxy: " + "; ".join(out)
 
 
 if __name__ == "__main__":
