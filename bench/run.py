@@ -15,8 +15,8 @@ import datetime as dt
 import os
 import shlex
 import shutil
-import subprocess
 import signal
+import subprocess
 import sys
 import tempfile
 import time
