@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dfproxy.http.headers import Headers
+from dfproxy.stream import rewrite_prefix
+
 if TYPE_CHECKING:
     from dfproxy.cluster import DfpCluster
     from dfproxy.stream import Stream
@@ -20,6 +23,22 @@ class ForwardAction:
         stream.forward(self.cluster)
 
 
+def _route_response_headers(stream: Stream, extra: Headers | None = None) -> Headers | None:
+    """Envoy applies a route's response header manipulation to its direct responses too."""
+    route = stream.route
+    if route is None or not (route.response_headers_to_add or route.response_headers_to_remove):
+        return extra
+    headers = [
+        (n, v) for n, v in (extra or []) if n.lower() not in route.response_headers_to_remove
+    ]
+    for name, value, append in route.response_headers_to_add:
+        if not append:
+            lname = name.lower()
+            headers = [(n, v) for n, v in headers if n.lower() != lname]
+        headers.append((name, value))
+    return headers
+
+
 @dataclass(frozen=True)
 class DirectResponseAction:
     """Gloo ``directResponseAction``: a fixed status and body."""
@@ -28,7 +47,9 @@ class DirectResponseAction:
     body: bytes = b""
 
     def run(self, stream: Stream) -> None:
-        stream.send_local_reply(self.status, self.body, flag="", content_type=b"text/plain")
+        stream.send_local_reply(
+            self.status, self.body, flag="", extra_headers=_route_response_headers(stream)
+        )
 
 
 @dataclass(frozen=True)
@@ -46,25 +67,30 @@ class RedirectAction:
     def location(self, stream: Stream) -> bytes:
         scheme = "https" if self.https_redirect else "http"
         host = self.host_redirect or (stream.authority.host if stream.authority else "")
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
         if self.port_redirect:
             host = f"{host}:{self.port_redirect}"
-        elif not self.host_redirect and stream.authority and not self.https_redirect:
+        elif not self.host_redirect and stream.authority is not None:
+            # Envoy processRequestHost: the request's port stays unless it is the default
+            # port of the scheme the redirect leaves (80 for http, 443 for https).
             port = stream.authority.port
-            if port != 80:
+            if port not in (80, 443):
                 host = f"{host}:{port}"
         path, _, query = stream.path_text().partition("?")
         if self.path_redirect is not None:
             path = self.path_redirect
-        elif self.prefix_rewrite is not None and stream.route is not None:
-            for m in stream.route.matchers:
-                if m.prefix is not None and path.startswith(m.prefix):
-                    path = self.prefix_rewrite + path[len(m.prefix) :]
-                    break
+        elif self.prefix_rewrite is not None:
+            raw = rewrite_prefix(path.encode("latin-1"), stream.matcher, self.prefix_rewrite)
+            path = raw.decode("latin-1")
         if query and not self.strip_query and "?" not in path:
             path = f"{path}?{query}"
         return f"{scheme}://{host}{path}".encode()
 
     def run(self, stream: Stream) -> None:
         stream.send_local_reply(
-            self.response_code, b"", flag="", extra_headers=[(b"location", self.location(stream))]
+            self.response_code,
+            b"",
+            flag="",
+            extra_headers=_route_response_headers(stream, [(b"location", self.location(stream))]),
         )

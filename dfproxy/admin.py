@@ -77,7 +77,10 @@ class AdminServer:
                 if len(parts) != 3:
                     await self._respond(writer, 400, "text/plain", b"bad request\n", close=True)
                     return
-                method, target, _ = parts
+                method, target, version = parts
+                lower = head.lower()
+                # Honour Connection: close (and HTTP/1.0): a client reading to EOF waits else.
+                close = version == "HTTP/1.0" or b"\r\nconnection: close" in lower
                 url = urlsplit(target)
                 handler = self.routes.get(url.path)
                 if handler is None:
@@ -88,10 +91,11 @@ class AdminServer:
                     except Exception:
                         log.exception("admin handler %s failed", url.path)
                         status, ctype, body = 500, "text/plain", b"internal error\n"
-                if method == "HEAD":
-                    await self._respond(writer, status, ctype, body, head_only=True)
-                else:
-                    await self._respond(writer, status, ctype, body)
+                await self._respond(
+                    writer, status, ctype, body, close=close, head_only=method == "HEAD"
+                )
+                if close:
+                    return
         finally:
             self._clients.discard(writer)
             writer.close()

@@ -50,15 +50,24 @@ class Listener:
         self.on_connection_closed: Callable[[], None] | None = None
         self.server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self.bound: tuple[str, int] | None = None
         # Where this process listens, to refuse forwarding to itself (shared by all listeners).
         self.own_ports: set[int] = set()
         self.own_endpoints: set[tuple[str, int]] = set()
+        self._bind_stats(name, stats)
+
+    def _bind_stats(self, name: str, stats: StatsStore) -> None:
         p = f"http.{name}."
         self.st_cx_total = stats.counter(p + "downstream_cx_total")
         self.st_cx_active = stats.gauge(p + "downstream_cx_active")
         self.st_rq_total = stats.counter(p + "downstream_rq_total")
         self.st_rq_class = [stats.counter(p + f"downstream_rq_{n}xx") for n in range(1, 6)]
         self.st_tunnels = stats.counter(p + "downstream_cx_upgrades_total")
+
+    def rename(self, name: str, stats: StatsStore) -> None:
+        """A reload renamed the Gateway on this address: count under the new name from now."""
+        self.name = name
+        self._bind_stats(name, stats)
 
     def __call__(self) -> HttpConnection:
         return HttpConnection(self)
@@ -100,6 +109,7 @@ class Listener:
         bound = int(sockets[0].getsockname()[1]) if sockets else port
         self.own_ports.add(bound)
         self.own_endpoints.add((host, bound))
+        self.bound = (host, bound)
         return bound
 
     def is_self(self, ip: str, port: int, local_ip: str) -> bool:
@@ -118,6 +128,11 @@ class Listener:
     def start_draining(self) -> None:
         """Stop accepting; let every connection finish what it has in flight."""
         self.draining = True
+        if self.bound is not None:
+            # No longer ours: a destination on this port is not a forwarding loop any more.
+            self.own_endpoints.discard(self.bound)
+            if not any(port == self.bound[1] for _, port in self.own_endpoints):
+                self.own_ports.discard(self.bound[1])
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):

@@ -28,17 +28,19 @@ class HeaderMatcher:
     _pattern: re.Pattern[str] | None = None
 
     def matches(self, stream: Stream) -> bool:
-        raw = stream.request_header(self.name)
+        """Envoy HeaderUtility::matchHeaders: repeated headers are matched joined by ",";
+        an absent header matches only an inverted presence matcher."""
+        raw = stream.request_header_joined(self.name)
+        present_match = not self.value and not self.regex
         if raw is None:
-            result = False
-        elif not self.value and not self.regex:
-            result = True
+            return self.invert and present_match
+        if present_match:
+            return not self.invert
+        text = raw.decode("latin-1")
+        if self._pattern is not None:
+            result = self._pattern.fullmatch(text) is not None
         else:
-            text = raw.decode("latin-1")
-            if self._pattern is not None:
-                result = self._pattern.fullmatch(text) is not None
-            else:
-                result = text == self.value
+            result = text == self.value
         return result != self.invert
 
 
@@ -166,8 +168,10 @@ class VirtualHost:
 
     def select(self, stream: Stream) -> Route | None:
         for route in self.routes:
-            if route.matches(stream):
-                return route
+            for m in route.matchers:
+                if m.matches(stream):
+                    stream.matcher = m  # prefixRewrite replaces what this matcher matched
+                    return route
         return None
 
 

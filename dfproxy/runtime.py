@@ -54,10 +54,10 @@ class Runtime:
         self.clusters: dict[str, DfpCluster] = {}
         self.listeners: list[tuple[ListenerSpec, Listener]] = []
         self.new_listeners: list[tuple[ListenerSpec, Listener]] = []
-        self.kept_routes: list[tuple[Listener, RouteTable]] = []
+        self.kept_routes: list[tuple[Listener, RouteTable, ListenerSpec]] = []
         old_clusters = dict(previous.clusters) if previous else {}
         old_listeners = {
-            (spec.name, spec.host, spec.port, spec.use_proxy_protocol): listener
+            (spec.host, spec.port): listener
             for spec, listener in (previous.listeners if previous else [])
         }
         own_ports: set[int] = set()
@@ -72,11 +72,11 @@ class Runtime:
                     for vh in spec.virtual_hosts
                 ]
             )
-            listener = old_listeners.pop(
-                (spec.name, spec.host, spec.port, spec.use_proxy_protocol), None
-            )
+            # A listener is its address (Gloo requires bindAddress:bindPort to be unique): the
+            # same address keeps its socket, whatever else about it changed.
+            listener = old_listeners.pop((spec.host, spec.port), None)
             if listener is not None:
-                self.kept_routes.append((listener, routes))  # swapped in by activate()
+                self.kept_routes.append((listener, routes, spec))  # swapped in by activate()
                 own_ports, own_endpoints = listener.own_ports, listener.own_endpoints
             else:
                 listener = Listener(
@@ -176,8 +176,11 @@ class Runtime:
     def activate(self) -> None:
         """Switch kept listeners to the new routes (each swap is one attribute store: a request
         sees the old table or the new one, never a mix)."""
-        for listener, routes in self.kept_routes:
+        for listener, routes, spec in self.kept_routes:
             listener.routes = routes
+            listener.use_proxy_protocol = spec.use_proxy_protocol  # for new connections
+            if listener.name != spec.name:
+                listener.rename(spec.name, self.stats)
         self.kept_routes = []
 
     def discard(self) -> None:

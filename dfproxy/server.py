@@ -67,6 +67,7 @@ class Server:
         self.reloads = self.stats.counter("server.config_reload")
         self.reload_failures = self.stats.counter("server.config_reload_rejected")
         self._reloading = False
+        self._reload_again = False
 
     async def serve(self) -> int:
         """Start, run until SIGTERM/SIGINT, drain, and return the exit code."""
@@ -79,7 +80,22 @@ class Server:
         )
         ports: dict[str, Any] = {"listeners": {}}
         for spec, listener in self.runtime.listeners:
-            port = await listener.start(spec.host, spec.port, reuse_port=self.settings.reuse_port)
+            try:
+                port = await listener.start(
+                    spec.host, spec.port, reuse_port=self.settings.reuse_port
+                )
+            except OSError as exc:
+                log.error(
+                    "cannot listen on %s:%d for %s: %s",
+                    spec.host,
+                    spec.port,
+                    spec.name,
+                    exc.strerror or exc,
+                )
+                self.runtime.close()
+                if self.access_log is not None:
+                    self.access_log.close()
+                return 1
             ports["listeners"][spec.name] = port
             ports.setdefault("listen", port)
             log.info("listener %s on %s:%d", spec.name, spec.host, port)
@@ -107,7 +123,11 @@ class Server:
 
     def request_reload(self) -> None:
         """SIGHUP or a file change: reload in the background (one at a time)."""
-        if self.state == "LIVE" and not self._reloading:
+        if self.state != "LIVE":
+            return
+        if self._reloading:
+            self._reload_again = True  # read the files once more when this reload ends
+        else:
             tasks.spawn(self.reload(), name="reload")
 
     async def reload(self) -> bool:
@@ -173,6 +193,9 @@ class Server:
             return True
         finally:
             self._reloading = False
+            if self._reload_again:
+                self._reload_again = False
+                self.request_reload()
 
     def config_status(self) -> dict[str, Any]:
         """The active configuration and the last rejected one (admin)."""

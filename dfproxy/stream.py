@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from dfproxy.cluster import DfpCluster
     from dfproxy.dns.cache import DnsHostInfo
     from dfproxy.downstream import HttpConnection
-    from dfproxy.router import Route
+    from dfproxy.router import Matcher, Route
     from dfproxy.upstream.connection import UpstreamConnection
 
 log = logging.getLogger("dfproxy.stream")
@@ -69,6 +69,7 @@ class Stream:
         "is_connect",
         "upgrade",
         "route",
+        "matcher",
         "filter_index",
         "state",
         "host",
@@ -120,6 +121,7 @@ class Stream:
         self.is_connect = is_connect
         self.upgrade: bytes | None = req.upgrade
         self.route: Route | None = None
+        self.matcher: Matcher | None = None  # the route's matcher that matched
         self.filter_index = 0
         self.state = QUEUED
         self.host: DnsHostInfo | None = None
@@ -149,9 +151,19 @@ class Stream:
 
     # -- request helpers for filters and matchers ---------------------------------------------
 
+    def request_header_joined(self, lname: bytes) -> bytes | None:
+        """Every value of a request header joined by ", " as RFC 9110 §5.3 allows, or None;
+        ``host`` and ``:authority`` give the Host (Gloo matches Host as ``:authority``)."""
+        if lname == b"host" or lname == b":authority":
+            return self.host_header
+        values = [v for n, v in self.req.forward if n.lower() == lname]
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else b",".join(values)
+
     def request_header(self, lname: bytes) -> bytes | None:
         """The first value of a request header (``lname`` lower-case), Host included."""
-        if lname == b"host":
+        if lname == b"host" or lname == b":authority":
             return self.host_header
         for name, value in self.req.forward:
             if name.lower() == lname:
@@ -286,7 +298,7 @@ class Stream:
             if route.host_rewrite is not None:
                 host_header = route.host_rewrite
             if route.prefix_rewrite is not None:
-                path = _rewrite_prefix(path, route)
+                path = rewrite_prefix(path, self.matcher, route.prefix_rewrite)
         head = serialize(
             b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (self.method, path, host_header),
             headers,
@@ -680,14 +692,17 @@ class Stream:
         )
 
 
-def _rewrite_prefix(path: bytes, route: Route) -> bytes:
-    """Gloo prefixRewrite: replace the part of the path the matching prefix matcher matched."""
-    assert route.prefix_rewrite is not None
+def rewrite_prefix(path: bytes, matcher: Matcher | None, replacement: str) -> bytes:
+    """Gloo prefixRewrite: replace the prefix the matching matcher matched (in any case when
+    the matcher is case-insensitive). Other matchers (exact, regex) leave the path alone."""
+    if matcher is None or matcher.prefix is None:
+        return path
+    n = len(matcher.prefix)
     text = path.decode("latin-1")
-    for m in route.matchers:
-        if m.prefix is not None and text.startswith(m.prefix):
-            return (route.prefix_rewrite + text[len(m.prefix) :]).encode("latin-1")
-    return path
+    head = text[:n] if matcher.case_sensitive else text[:n].lower()
+    if head != (matcher.prefix if matcher.case_sensitive else matcher.prefix.lower()):
+        return path
+    return (replacement + text[n:]).encode("latin-1")
 
 
 def _manipulate(

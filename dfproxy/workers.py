@@ -198,6 +198,9 @@ class Supervisor:
                 ctype = "text/plain"
             elif url.path == "/stats":
                 status, ctype, body = 200, "text/plain", await self._summed_stats(url.query)
+            elif url.path == "/config_status":
+                status, ctype = 200, "application/json"
+                body = await self._config_status()
             elif url.path in ("/dns_cache", "/clusters"):
                 status, ctype = 200, "application/json"
                 body = await self._per_worker(url.path + "?format=json")
@@ -258,6 +261,23 @@ class Supervisor:
                 entry["view"] = json.loads(res)
             views.append(entry)
         return json.dumps({"workers": views}, indent=1).encode()
+
+    async def _config_status(self) -> bytes:
+        """One view as a single process gives it: the version every worker runs (or
+        "mixed" while a reload is under way), the latest rejection, and each worker's own."""
+        views = json.loads(await self._per_worker("/config_status"))["workers"]
+        ok = [w["view"] for w in views if "view" in w]
+        versions = {v["active"]["version"] for v in ok}
+        rejected = [v["last_rejected"] for v in ok if v.get("last_rejected")]
+        active = dict(ok[0]["active"]) if ok else {}
+        if len(versions) > 1:
+            active["version"] = "mixed"
+        out = {
+            "active": active,
+            "last_rejected": max(rejected, key=lambda r: r.get("time", 0)) if rejected else None,
+            "workers": views,
+        }
+        return json.dumps(out, indent=1).encode()
 
     async def _summed_stats(self, query: str) -> bytes:
         """Counters and gauges summed over workers (Envoy sums across its workers too)."""

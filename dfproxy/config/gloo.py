@@ -75,7 +75,9 @@ class _Errors:
     items: list[str] = field(default_factory=list)
 
     def add(self, where: str, path: str, message: str) -> None:
-        self.items.append(f"{where}: {path}: {message}" if path else f"{where}: {message}")
+        item = f"{where}: {path}: {message}" if path else f"{where}: {message}"
+        if item not in self.items:  # a VirtualService shared by two Gateways is checked twice
+            self.items.append(item)
 
 
 def _files(paths: Iterable[str]) -> list[str]:
@@ -163,7 +165,7 @@ def _describe(error: Any, root: type[BaseModel]) -> tuple[str, str]:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     found = error.get("input")
-    if typ != "missing" and not isinstance(found, dict | list) and repr(found) not in msg:
+    if typ != "missing" and not isinstance(found, dict | list) and f"got {found!r}" not in msg:
         msg += f" (found: {found!r})"
     return _format_loc(loc), msg
 
@@ -172,9 +174,10 @@ def parse_documents(paths: Iterable[str]) -> tuple[list[Document], list[str]]:
     """Parse and schema-validate every document; returns the documents and all errors."""
     errors = _Errors()
     docs: list[Document] = []
+    paths = list(paths)
     files = _files(paths)
     if not files:
-        errors.add("config", "", "no YAML files found")
+        errors.add(", ".join(paths) or "config", "", "no YAML files (*.yaml, *.yml) found")
     for path in files:
         try:
             with open(path, encoding="utf-8") as f:
@@ -223,9 +226,10 @@ def load_paths(paths: Iterable[str]) -> ProxyConfig:
     """Load files and folders into a ProxyConfig; raises ConfigError listing every problem."""
     paths = list(paths)
     docs, errors = parse_documents(paths)
-    config = None
-    if not errors:
-        config, errors = translate(docs)
+    # The documents that parsed are checked further even when others did not, so one run
+    # reports every error; cross-document checks need every document and wait for a clean parse.
+    config, more = translate(docs, complete=not errors)
+    errors += [e for e in more if e not in errors]
     if errors:
         raise ConfigError(errors)
     assert config is not None
@@ -314,7 +318,9 @@ def _matcher(m: gs.Matcher, where: str, path: str, errors: _Errors) -> Matcher:
                 pattern = re.compile(h.value)
             except re.error as exc:
                 errors.add(
-                    where, f"{path}.headers[{j}].value", f"invalid regular expression: {exc}"
+                    where,
+                    f"{path}.headers[{j}].value",
+                    f"invalid regular expression: {exc} (found: {h.value!r})",
                 )
         headers.append(
             HeaderMatcher(h.name.lower().encode(), h.value, h.regex, h.invert_match, pattern)
@@ -329,7 +335,7 @@ def _matcher(m: gs.Matcher, where: str, path: str, errors: _Errors) -> Matcher:
                 errors.add(
                     where,
                     f"{path}.queryParameters[{j}].value",
-                    f"invalid regular expression: {exc}",
+                    f"invalid regular expression: {exc} (found: {q.value!r})",
                 )
         query.append(QueryMatcher(q.name, q.value, q.regex, pattern))
     prefix = m.prefix
@@ -475,8 +481,15 @@ DEFAULT_GATEWAY = gs.Gateway.model_validate(
 )
 
 
-def translate(docs: Sequence[Document]) -> tuple[ProxyConfig | None, list[str]]:
-    """Resolve references and build the internal model; returns (config, errors)."""
+def translate(
+    docs: Sequence[Document], complete: bool = True
+) -> tuple[ProxyConfig | None, list[str]]:
+    """Resolve references and build the internal model; returns (config, errors).
+
+    ``complete`` False: some documents failed to parse, so checks that look across documents
+    (references, duplicate domains, DFP on the gateway) are skipped: they would report the
+    absence of a document that is merely broken.
+    """
     errors = _Errors()
     gateways = [d for d in docs if d.kind == "Gateway"]
     services = [d for d in docs if d.kind == "VirtualService"]
@@ -524,7 +537,7 @@ def translate(docs: Sequence[Document]) -> tuple[ProxyConfig | None, list[str]]:
                 websocket_enabled = u.websocket.enabled is not False
         selected = [s for s in services if _selects(gw, s.resource)]
         hg = spec.http_gateway
-        if hg is not None and hg.virtual_services:
+        if complete and hg is not None and hg.virtual_services:
             names = {(s.resource.metadata.namespace, s.resource.metadata.name) for s in services}
             for j, ref in enumerate(hg.virtual_services):
                 if (ref.namespace or gw.metadata.namespace, ref.name) not in names:
@@ -533,11 +546,16 @@ def translate(docs: Sequence[Document]) -> tuple[ProxyConfig | None, list[str]]:
                         f"spec.httpGateway.virtualServices[{j}]",
                         f"no VirtualService named {ref.name!r} was given",
                     )
-        vhosts = (
-            [_virtual_host(s, errors) for s in selected] if services else [default_virtual_host()]
-        )
+        if services:
+            vhosts = [_virtual_host(s, errors) for s in selected]
+        else:
+            # The default VirtualService forwards everything through the DFP, so it brings
+            # the DFP (with defaults) to a Gateway that does not configure one.
+            vhosts = [default_virtual_host()]
+            if dfp is None:
+                dfp = _dfp(gs.DynamicForwardProxy())
         domains: dict[str, str] = {}
-        for s, vh in zip(selected, vhosts, strict=False):
+        for s, vh in zip(selected, vhosts, strict=False) if complete else ():
             for dom in vh.domains:
                 if dom in domains:
                     errors.add(
@@ -547,7 +565,7 @@ def translate(docs: Sequence[Document]) -> tuple[ProxyConfig | None, list[str]]:
                         f"{gw.metadata.name}",
                     )
                 domains[dom] = s.where
-        for s, vh in zip(selected, vhosts, strict=False):
+        for s, vh in zip(selected, vhosts, strict=False) if complete else ():
             for i, r in enumerate(vh.routes):
                 if r.action == "dfp" and dfp is None:
                     errors.add(
