@@ -35,6 +35,14 @@ RESPONSE = (
 REQUEST = b"GET http://127.0.0.1:18090/ HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
 
 
+def named_requests(n: int) -> list[bytes]:
+    """Requests for n names (resolved through the DNS cache, seeded like a warm cache)."""
+    return [
+        b"GET http://h%d.bench.test:18090/ HTTP/1.1\r\nHost: h%d.bench.test:18090\r\n\r\n" % (i, i)
+        for i in range(n)
+    ]
+
+
 class FakeTransport:
     """Enough of asyncio.Transport for the proxy's protocols."""
 
@@ -74,9 +82,13 @@ class FakeTransport:
         return True
 
 
-async def run(n: int, profile: bool) -> None:
+async def run(n: int, profile: bool, hosts: int) -> None:
     loop = asyncio.get_running_loop()
-    runtime = Runtime(default_config(), loop, StatsStore(), None)
+    config = default_config()
+    dfp = config.listeners[0].dfp
+    assert dfp is not None
+    dfp.dns_cache.max_hosts = max(dfp.dns_cache.max_hosts, hosts)
+    runtime = Runtime(config, loop, StatsStore(), None)
     _, listener = runtime.listeners[0]
     cluster = next(iter(runtime.clusters.values()))
     host = cluster.ip_host(parse_authority("127.0.0.1:18090", 80))
@@ -93,8 +105,19 @@ async def run(n: int, profile: bool) -> None:
     down_t = FakeTransport(("127.0.0.1", 50000))
     down.connection_made(down_t)  # type: ignore[arg-type]
 
+    requests = [REQUEST]
+    if hosts:
+        requests = named_requests(hosts)
+        for i in range(hosts):
+            name = f"h{i}.bench.test"
+            cluster.dns_cache.load_from_store(f"{name}:18090", name, 18090, [("127.0.0.1", 2)], 300)
+    count = len(requests)
+    index = [0]
+
     def one() -> None:
-        down.data_received(REQUEST)
+        i = index[0]
+        index[0] = i + 1
+        down.data_received(requests[i % count])
         up.data_received(pending.pop())
 
     for _ in range(1000):
@@ -122,8 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--hosts", type=int, default=0, help="rotate over N names (DNS cache)")
     args = parser.parse_args()
-    uvloop.run(run(args.requests, args.profile))
+    uvloop.run(run(args.requests, args.profile, args.hosts))
 
 
 if __name__ == "__main__":

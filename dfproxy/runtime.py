@@ -22,6 +22,7 @@ from dfproxy.filters.dynamic_forward_proxy import DynamicForwardProxyFilter
 from dfproxy.listener import Listener
 from dfproxy.router import Route, RouteTable, VirtualHost
 from dfproxy.stats import StatsStore
+from dfproxy.upstream.circuit_breaker import Thresholds
 from dfproxy.upstream.pool import UpstreamPool
 
 log = logging.getLogger("dfproxy.runtime")
@@ -105,7 +106,20 @@ class Runtime:
         resolver = Resolver(dfp.resolver, self.loop)
         cache_config = dataclasses.replace(dfp.dns_cache, name=name)
         cache = DnsCache(cache_config, resolver, self.stats, self.loop)
-        pool = UpstreamPool(self.loop, self.stats, name, connect_timeout=dfp.connect_timeout)
+        cb = dfp.circuit_breakers
+        pool = UpstreamPool(
+            self.loop,
+            self.stats,
+            name,
+            connect_timeout=dfp.connect_timeout,
+            breakers=Thresholds(
+                cb.max_connections,
+                cb.max_pending_requests,
+                cb.max_requests,
+                cb.max_retries,
+                cb.track_remaining,
+            ),
+        )
         cluster = DfpCluster(name, cache, pool, resolver=resolver)
         cluster.created_by = self
         self.clusters[name] = cluster

@@ -6,7 +6,7 @@ object it looked up once at start-up, never a dict lookup by name per request.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class Counter:
@@ -35,12 +35,25 @@ class Gauge:
         self.value = value
 
 
+class ComputedGauge:
+    """A gauge whose value is computed when read (admin), not maintained on the hot path."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], int]) -> None:
+        self.fn = fn
+
+    @property
+    def value(self) -> int:
+        return self.fn()
+
+
 class StatsStore:
     """All stats of one process, by full name."""
 
     def __init__(self) -> None:
         self.counters: dict[str, Counter] = {}
-        self.gauges: dict[str, Gauge] = {}
+        self.gauges: dict[str, Gauge | ComputedGauge] = {}
 
     def counter(self, name: str) -> Counter:
         stat = self.counters.get(name)
@@ -50,9 +63,13 @@ class StatsStore:
 
     def gauge(self, name: str) -> Gauge:
         stat = self.gauges.get(name)
-        if stat is None:
+        if not isinstance(stat, Gauge):
             stat = self.gauges[name] = Gauge()
         return stat
+
+    def computed_gauge(self, name: str, fn: Callable[[], int]) -> None:
+        """Register a gauge read through ``fn`` (replaces any earlier one of that name)."""
+        self.gauges[name] = ComputedGauge(fn)
 
     def remove_gauge(self, name: str) -> None:
         self.gauges.pop(name, None)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from dfproxy.downstream import HttpConnection
     from dfproxy.router import Matcher, Route
     from dfproxy.upstream.connection import UpstreamConnection
+    from dfproxy.upstream.pool import UpstreamPool
 
 log = logging.getLogger("dfproxy.stream")
 
@@ -93,6 +94,7 @@ class Stream:
         "filter_state",
         "upstream_address",
         "sent_continue",
+        "pool",
         "tunnel_eofs",
     )
 
@@ -147,6 +149,7 @@ class Stream:
         self.filter_state: dict[str, object] | None = None
         self.upstream_address = ""
         self.sent_continue = False
+        self.pool: UpstreamPool | None = None  # holds a max_requests slot while set
         self.tunnel_eofs = 0
 
     # -- request helpers for filters and matchers ---------------------------------------------
@@ -248,13 +251,24 @@ class Stream:
             return
         pool = cluster.pool
         pool.st_rq_total.value += 1
+        requests = pool.breakers.requests
+        if requests.count >= requests.limit:
+            # Envoy counts a max_requests overflow as upstream_rq_pending_overflow too.
+            pool.breakers.st_pending_overflow.value += 1
+            self.local_error(errors.UpstreamOverflow("max_requests"))
+            return
+        requests.count += 1
+        self.pool = pool  # the slot is given back in _finish()
+        if self.request_done:
+            self._arm_deadline()
         if not self.is_connect and self.upgrade is None:
             conn = pool.get_idle(host)
             if conn is not None:
                 self._attach(conn)
                 return
         self.state = CONNECTING
-        pool.connect(host, self._on_connected)
+        if not pool.request(host, self._on_connected):
+            self.local_error(errors.UpstreamOverflow("max_pending_requests"))
 
     def _on_connected(self, conn: UpstreamConnection | None, reason: str) -> None:
         if self.state != CONNECTING:
@@ -351,32 +365,38 @@ class Stream:
                     self.body_buf.append(end)
         if self.upstream is not None and self.state in (FORWARDING, RESPONDING):
             self._request_sent()
+        elif self.state == CONNECTING:
+            self._arm_deadline()
 
     def _request_sent(self) -> None:
         conn = self.upstream
         assert conn is not None
         conn.request_done = True
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        """Envoy's route timeout runs from the end of the request, whether or not a
+        connection is ready yet. Deadlines are checked by the Listener's sweep: a timer per
+        request cost 2.6 µs."""
+        if self.deadline or self.is_connect or self.upgrade is not None:
+            return
         route = self.route
         timeout = route.timeout if route is not None else 15.0
-        if timeout and self.state == FORWARDING and not self.deadline:
-            # Envoy's route timeout runs from the end of the request. A request without a
-            # body ends as it starts: reuse the start time rather than read the clock again.
-            # Deadlines are checked by Listener's sweep: a timer per request cost 2.6 µs.
-            now = (
-                self.start
-                if self.req.content_length is None and not self.req.chunked
-                else (time.monotonic())
-            )
-            self.deadline = now + timeout
+        if timeout:
+            # A request without a body ends as it starts: no second clock read.
+            bodiless = self.req.content_length is None and not self.req.chunked
+            self.deadline = (self.start if bodiless else time.monotonic()) + timeout
 
     def check_deadline(self, now: float) -> None:
         """Called by the listener's sweep for the head-of-line stream."""
-        if self.deadline and now >= self.deadline and self.state in (FORWARDING, RESPONDING):
+        if self.deadline and now >= self.deadline and CONNECTING <= self.state <= RESPONDING:
             self.deadline = 0.0
             self._on_timeout()
 
     def _on_timeout(self) -> None:
-        if self.state == FORWARDING:
+        if self.state == CONNECTING:
+            self.local_error(errors.UpstreamTimeout())  # _cancel_waits gives up the pending slot
+        elif self.state == FORWARDING:
             self._drop_upstream()
             self.local_error(errors.UpstreamTimeout())
         elif self.state == RESPONDING:
@@ -630,6 +650,8 @@ class Stream:
         self._finish()
 
     def _cancel_waits(self) -> None:
+        if self.state == CONNECTING and self.pool is not None:
+            self.pool.cancel(self._on_connected)
         if self.dns_wait is not None:
             route = self.route
             if route is not None:
@@ -651,6 +673,10 @@ class Stream:
             return
         was_tunnel = self.state == TUNNEL
         self.state = DONE
+        pool = self.pool
+        if pool is not None:
+            self.pool = None
+            pool.breakers.requests.count -= 1
         self.deadline = 0.0
         conn = self.conn
         status = self.resp_status

@@ -81,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         "received_any",
         "request_done",
         "early",
+        "counted",
     )
 
     def __init__(self, pool: UpstreamPool, host: DnsHostInfo) -> None:
@@ -107,6 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = False
         self.request_done = False
         self.early: list[bytes] | None = None  # bytes that came before a stream attached
+        self.counted = False  # holds a slot of the connection circuit breaker
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from dfproxy.dns.cache import DnsHostInfo
 from dfproxy.stats import StatsStore
 from dfproxy.tasks import spawn
+from dfproxy.upstream.circuit_breaker import CircuitBreakers, Thresholds
 from dfproxy.upstream.connect import happy_eyeballs_connect
 from dfproxy.upstream.connection import CLOSED, IDLE, UpstreamConnection
 
@@ -38,12 +40,15 @@ class UpstreamPool:
         connect_timeout: float = 5.0,
         idle_timeout: float = 3600.0,
         max_idle_per_host: int = 64,
+        breakers: Thresholds | None = None,
     ) -> None:
         self.loop = loop
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle_per_host = max_idle_per_host
         self.idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self.breakers = CircuitBreakers(breakers or Thresholds(), stats, cluster_name)
+        self.waiters: deque[tuple[DnsHostInfo, ConnectCallback]] = deque()
         self.active = 0
         self.closing = False
         prefix = f"cluster.{cluster_name}."
@@ -74,10 +79,61 @@ class UpstreamPool:
                     return conn
         return None
 
+    def request(self, host: DnsHostInfo, callback: ConnectCallback) -> bool:
+        """Ask for a new connection to ``host`` for one request (no idle one was free).
+
+        The request is pending until ``callback(conn, "")`` or ``callback(None, reason)``.
+        Returns False, having called nothing, when the pending-requests breaker is open (the
+        caller answers 503 UO). At the connection limit the request waits for a slot; an idle
+        connection to another address is closed to make one.
+        """
+        cb = self.breakers
+        if not cb.pending.can_create():
+            cb.st_pending_overflow.value += 1
+            return False
+        cb.pending.acquire()
+        if cb.connections.can_create():
+            self._start(host, callback)
+        else:
+            cb.st_cx_overflow.value += 1
+            self.waiters.append((host, callback))
+            self._evict_one_idle()
+        return True
+
+    def cancel(self, callback: ConnectCallback) -> None:
+        """The request waiting with ``callback`` went away before it got a connection."""
+        for i, (_, cb) in enumerate(self.waiters):
+            if cb == callback:
+                del self.waiters[i]
+                self.breakers.pending.release()
+                return
+
     def connect(self, host: DnsHostInfo, callback: ConnectCallback) -> asyncio.Task[None]:
-        """Open a new connection to ``host`` in the background; ``callback(conn, "")`` on
-        success, ``callback(None, reason)`` on failure ("timeout" or the OS error text)."""
+        """Open a connection outside the pending accounting (CONNECT tunnels use request())."""
+        self.breakers.connections.acquire()
         return spawn(self._connect(host, callback), name=f"connect:{host.key}")
+
+    def _start(self, host: DnsHostInfo, callback: ConnectCallback) -> None:
+        def done(conn: UpstreamConnection | None, reason: str) -> None:
+            self.breakers.pending.release()
+            callback(conn, reason)
+
+        self.connect(host, done)
+
+    def _evict_one_idle(self) -> None:
+        """Close the least recently used idle connection, freeing a slot for a waiter."""
+        oldest: UpstreamConnection | None = None
+        for conns in self.idle.values():
+            if conns and (oldest is None or conns[0].idle_since < oldest.idle_since):
+                oldest = conns[0]
+        if oldest is not None:
+            oldest.close()  # its on_closed() frees the slot and serves the waiter
+
+    def _serve_waiters(self) -> None:
+        cb = self.breakers
+        while self.waiters and cb.connections.can_create():
+            host, callback = self.waiters.popleft()
+            self._start(host, callback)
 
     async def _connect(self, host: DnsHostInfo, callback: ConnectCallback) -> None:
         addresses = [a[0] for a in host.addresses]
@@ -89,22 +145,31 @@ class UpstreamPool:
                 self.connect_timeout,
             )
         except TimeoutError:
-            self.st_cx_connect_fail.value += 1
+            self._connect_failed()
             self.st_cx_connect_timeout.value += 1
             callback(None, "timeout")
             return
         except OSError as exc:
-            self.st_cx_connect_fail.value += 1
+            self._connect_failed()
             callback(None, exc.strerror or str(exc))
             return
+        # The slot reserved for this connect now belongs to the connection (Happy Eyeballs
+        # losers never held one); on_closed() gives it back.
+        conn.counted = True
         self.st_cx_total.value += 1
         self.active += 1
         self.st_cx_active.value = self.active
         callback(conn, "")
 
+    def _connect_failed(self) -> None:
+        self.st_cx_connect_fail.value += 1
+        self.breakers.connections.release()
+        self._serve_waiters()
+
     def release(self, conn: UpstreamConnection) -> None:
         """Take ``conn`` back after a complete exchange; keep it idle if it can be reused."""
-        if not conn.reusable or self.closing:
+        if not conn.reusable or self.closing or self.waiters:
+            # With requests waiting at the connection limit, closing frees their slot.
             conn.close()
             return
         conns = self.idle.get(conn.key)
@@ -118,10 +183,13 @@ class UpstreamPool:
 
     def on_closed(self, conn: UpstreamConnection) -> None:
         """Connection lost (either side closed it)."""
-        if conn.transport is not None:
+        conn.transport = None
+        if conn.counted:
+            conn.counted = False
             self.active -= 1
             self.st_cx_active.value = self.active
-            conn.transport = None
+            self.breakers.connections.release()
+            self._serve_waiters()
         conns = self.idle.get(conn.key)
         if conns is not None and conn in conns:
             conns.remove(conn)
