@@ -99,6 +99,8 @@ class HttpConnection(asyncio.Protocol):
         "_trailers",
         "_head_done",
         "_head_size",
+        "head_started",
+        "idle_since",
         "_corked",
         "st_tunnels",
     )
@@ -124,6 +126,8 @@ class HttpConnection(asyncio.Protocol):
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._head_done = False
         self._head_size = 0
+        self.head_started = 0.0  # coarse time the current request head began (0: none)
+        self.idle_since = listener.now
         self._corked: list[bytes] | None = None
         self.st_tunnels = listener.st_tunnels
 
@@ -235,6 +239,7 @@ class HttpConnection(asyncio.Protocol):
         self._trailers = None
         self._head_done = False
         self._head_size = 0
+        self.head_started = self.listener.now
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -256,6 +261,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._head_done = True
+        self.head_started = 0.0
         parser = self.parser
         method = parser.get_method()
         version_11 = parser.get_http_version() == "1.1"
@@ -446,6 +452,21 @@ class HttpConnection(asyncio.Protocol):
                 nxt.begin()
         elif self.draining:
             self.close_after_flush()
+        else:
+            self.idle_since = self.listener.now
+
+    def check_idle(self, now: float, idle_timeout: float, headers_timeout: float) -> None:
+        """From the listener's sweep, for a connection with no exchange in flight."""
+        if self.state != HTTP:
+            return
+        if self.head_started:
+            if headers_timeout and now - self.head_started > headers_timeout:
+                log.info(
+                    "request headers from %s not complete in %.0fs", self.peer, headers_timeout
+                )
+                self._fail(408, b"request header timeout")
+        elif idle_timeout and now - self.idle_since > idle_timeout:
+            self.close_after_flush()  # Envoy closes idle HTTP/1 connections without a word
 
     def start_draining(self) -> None:
         """Server shutdown: finish what is in flight, then close."""

@@ -17,13 +17,14 @@ from dfproxy.downstream import HttpConnection
 from dfproxy.stats import StatsStore
 
 if TYPE_CHECKING:
+    from dfproxy.config.model import ListenerSpec
     from dfproxy.router import RouteTable
 
 log = logging.getLogger("dfproxy.listener")
 
 # Route timeouts are checked this often (so they fire up to this late). A timer per request
 # cost 2.6 µs; one sweep over the connections costs far less at any request rate.
-SWEEP_INTERVAL = 0.1
+SWEEP_INTERVAL = 0.25
 
 
 class Listener:
@@ -50,6 +51,10 @@ class Listener:
         self.on_connection_closed: Callable[[], None] | None = None
         self.server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self.now = time.monotonic()  # coarse clock, advanced by _sweep
+        self.stream_idle_timeout = 300.0
+        self.idle_timeout = 3600.0
+        self.request_headers_timeout = 30.0
         self.bound: tuple[str, int] | None = None
         # Where this process listens, to refuse forwarding to itself (shared by all listeners).
         self.own_ports: set[int] = set()
@@ -89,13 +94,27 @@ class Listener:
         if 1 <= klass <= 5:
             self.st_rq_class[klass - 1].value += 1
 
+    def set_timeouts(self, spec: ListenerSpec) -> None:
+        """The HCM timeouts (seconds; 0 disables one)."""
+        self.stream_idle_timeout = spec.stream_idle_timeout
+        self.idle_timeout = spec.idle_timeout
+        self.request_headers_timeout = spec.request_headers_timeout
+
     def _sweep(self) -> None:
-        """Fire route timeouts: one pass over the connections every SWEEP_INTERVAL."""
-        now = time.monotonic()
+        """Every timeout of this listener's connections, in one pass every SWEEP_INTERVAL:
+        route deadlines, stream idle, connection idle and slow request heads. ``now`` is
+        the coarse clock the hot path stamps activity with (one attribute store, no call)."""
+        self.now = now = time.monotonic()
+        stream_idle = self.stream_idle_timeout
         for conn in list(self.connections):
             streams = conn.streams
-            if streams:
-                streams[0].check_deadline(now)
+            stream = streams[0] if streams else conn.tunnel
+            if stream is not None:
+                stream.check_deadline(now)
+                if stream_idle and now - stream.active_at > stream_idle:
+                    stream.idle_timeout()
+            else:
+                conn.check_idle(now, self.idle_timeout, self.request_headers_timeout)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:

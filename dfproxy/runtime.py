@@ -88,6 +88,7 @@ class Runtime:
                     access_log,
                     use_proxy_protocol=spec.use_proxy_protocol,
                 )
+                listener.set_timeouts(spec)
                 self.new_listeners.append((spec, listener))
             self.listeners.append((spec, listener))
         # Every listener of this process shares one record of where the process listens.
@@ -112,6 +113,7 @@ class Runtime:
             self.stats,
             name,
             connect_timeout=dfp.connect_timeout,
+            idle_timeout=dfp.upstream_idle_timeout,
             breakers=Thresholds(
                 cb.max_connections,
                 cb.max_pending_requests,
@@ -193,6 +195,7 @@ class Runtime:
         for listener, routes, spec in self.kept_routes:
             listener.routes = routes
             listener.use_proxy_protocol = spec.use_proxy_protocol  # for new connections
+            listener.set_timeouts(spec)
             if listener.name != spec.name:
                 listener.rename(spec.name, self.stats)
         self.kept_routes = []

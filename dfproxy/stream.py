@@ -87,6 +87,7 @@ class Stream:
         "resp_close",
         "start",
         "deadline",
+        "active_at",
         "bytes_in",
         "bytes_out",
         "flags",
@@ -142,6 +143,7 @@ class Stream:
         self.resp_close = False
         self.start = time.monotonic()
         self.deadline = 0.0  # route timeout, checked by the listener's sweep (0: none)
+        self.active_at = self.start  # last byte either way (coarse clock): stream idle timeout
         self.bytes_in = 0
         self.bytes_out = 0
         self.flags = ""
@@ -335,6 +337,7 @@ class Stream:
     def request_body(self, data: bytes) -> None:
         """A piece of the request body from the codec (already de-chunked)."""
         self.bytes_in += len(data)
+        self.active_at = self.conn.listener.now
         if self.req.chunked:
             data = encode_chunk(data)
         conn = self.upstream
@@ -393,6 +396,20 @@ class Stream:
             self.deadline = 0.0
             self._on_timeout()
 
+    def idle_timeout(self) -> None:
+        """No byte either way for stream_idle_timeout (Envoy onIdleTimeout): 408 "stream
+        timeout" if the response has not started, else the exchange or tunnel is cut."""
+        self.flags = rf.STREAM_IDLE_TIMEOUT
+        if self.state < RESPONDING:
+            self.send_local_reply(408, b"stream timeout", flag=rf.STREAM_IDLE_TIMEOUT, close=True)
+        elif self.state == RESPONDING:
+            self._drop_upstream()
+            self.conn.abort()
+        elif self.state == TUNNEL:
+            if self.upstream is not None:
+                self.upstream.abort()
+            self.conn.abort()
+
     def _on_timeout(self) -> None:
         if self.state == CONNECTING:
             self.local_error(errors.UpstreamTimeout())  # _cancel_waits gives up the pending slot
@@ -414,6 +431,7 @@ class Stream:
             self.local_error(errors.UpstreamProtocolError(str(exc)))
             return
         self.resp_status = status
+        self.active_at = self.conn.listener.now
         headers = resp.forward
         route = self.route
         assert route is not None
@@ -461,6 +479,7 @@ class Stream:
     def upstream_response_body(self, data: bytes) -> None:
         if self.state != RESPONDING or self.resp_no_body:
             return
+        self.active_at = self.conn.listener.now
         route = self.route
         if route is not None and route.chain.response_body:
             for f in route.chain.response_body:
@@ -549,11 +568,13 @@ class Stream:
     def tunnel_data(self, data: bytes) -> None:
         """Bytes from the origin for the client."""
         self.bytes_out += len(data)
+        self.active_at = self.conn.listener.now
         self.conn.write(data)
 
     def tunnel_downstream_data(self, data: bytes) -> None:
         """Bytes from the client for the origin."""
         self.bytes_in += len(data)
+        self.active_at = self.conn.listener.now
         if self.upstream is not None:
             self.upstream.write(data)
 

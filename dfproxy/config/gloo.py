@@ -297,7 +297,14 @@ def _dfp(opt: gs.DynamicForwardProxy) -> DfpConfig:
         if cb
         else CircuitBreakers()
     )
-    return DfpConfig(cache, resolver, breakers, opt.save_upstream_address)
+    return DfpConfig(
+        cache,
+        resolver,
+        breakers,
+        opt.save_upstream_address,
+        connect_timeout=opt.connect_timeout,
+        upstream_idle_timeout=opt.upstream_idle_timeout,
+    )
 
 
 def _matcher(m: gs.Matcher, where: str, path: str, errors: _Errors) -> Matcher:
@@ -584,6 +591,9 @@ def translate(
                 connect_enabled=connect_enabled,
                 websocket_enabled=websocket_enabled,
                 use_proxy_protocol=spec.use_proxy_proto,
+                stream_idle_timeout=hcm.stream_idle_timeout if hcm else 300.0,
+                idle_timeout=hcm.idle_timeout if hcm else 3600.0,
+                request_headers_timeout=hcm.request_headers_timeout if hcm else 30.0,
                 virtual_hosts=vhosts,
             )
         )

@@ -133,6 +133,9 @@ class DynamicForwardProxy(Model):
     save_upstream_address: bool = False
     circuit_breakers: CircuitBreakerConfig | None = None
     ssl_config: dict[str, Any] | None = None
+    # dfproxy extensions (Gloo sets these on the generated cluster: connect_timeout 5 s).
+    connect_timeout: Duration = Field(default=5.0, gt=0)
+    upstream_idle_timeout: Duration = Field(default=3600.0, gt=0)
 
     @field_validator("ssl_config")
     @classmethod
@@ -163,6 +166,11 @@ class UpgradeConfig(Model):
 
 class HttpConnectionManagerSettings(Model):
     upgrades: list[UpgradeConfig] = Field(default_factory=list)
+    # Envoy's defaults: stream idle 5 min, connection idle 1 h. requestHeadersTimeout is off
+    # in Envoy; dfproxy defaults it to 30 s against slow-head clients (408 and close).
+    stream_idle_timeout: Duration = Field(default=300.0, ge=0)
+    idle_timeout: Duration = Field(default=3600.0, ge=0)
+    request_headers_timeout: Duration = Field(default=30.0, ge=0)
 
 
 class HttpListenerOptions(Model):

@@ -35,6 +35,7 @@ class DfpConfig:
     circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
     save_upstream_address: bool = False
     connect_timeout: float = 5.0
+    upstream_idle_timeout: float = 3600.0
 
     def digest(self) -> str:
         """A stable decimal hash, as Gloo names generated clusters and caches."""
@@ -83,6 +84,9 @@ class ListenerSpec:
     connect_enabled: bool = True  # HCM-level CONNECT upgrade
     websocket_enabled: bool = True  # Gloo adds a websocket upgrade by default
     use_proxy_protocol: bool = False
+    stream_idle_timeout: float = 300.0
+    idle_timeout: float = 3600.0
+    request_headers_timeout: float = 30.0
     virtual_hosts: list[VirtualHostSpec] = field(default_factory=list)
 
 

@@ -58,7 +58,10 @@ class UpstreamPool:
         self.st_cx_connect_timeout = stats.counter(prefix + "upstream_cx_connect_timeout")
         self.st_rq_total = stats.counter(prefix + "upstream_rq_total")
         self.now = time.monotonic()  # coarse clock for idle bookkeeping, set by _sweep
-        self._sweeper: asyncio.TimerHandle | None = loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self.sweep_interval = min(SWEEP_INTERVAL, idle_timeout / 4)
+        self._sweeper: asyncio.TimerHandle | None = loop.call_later(
+            self.sweep_interval, self._sweep
+        )
 
     def get_idle(self, host: DnsHostInfo) -> UpstreamConnection | None:
         """An idle connection to one of ``host``'s addresses, or None.
@@ -212,7 +215,7 @@ class UpstreamPool:
                 self.idle[key] = keep
             else:
                 del self.idle[key]
-        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
 
     def close_idle(self) -> None:
         """Close every idle connection and stop pooling (shutdown)."""
