@@ -125,6 +125,39 @@ class Matcher:
 MATCH_ALL = Matcher(prefix="/")
 
 
+RETRY_ON = frozenset(
+    {"5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream"}
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Gloo RetryPolicy / Envoy retry_policy, with Envoy's meaning of each retryOn value."""
+
+    retry_on: frozenset[str]
+    num_retries: int = 1
+    per_try_timeout: float = 0.0  # 0: only the route timeout
+    base_interval: float = 0.025  # Envoy's default backoff: 25 ms base, 10x max
+    max_interval: float = 0.25
+
+    def retries_status(self, status: int) -> bool:
+        on = self.retry_on
+        if status >= 500 and "5xx" in on:
+            return True
+        if status in (502, 503, 504) and "gateway-error" in on:
+            return True
+        return status == 409 and "retriable-4xx" in on
+
+    def retries_reset(self, connect_failure: bool) -> bool:
+        """Envoy wouldRetryFromReset: 5xx, gateway-error and reset cover every reset (a
+        connect failure included); connect-failure covers connect failures only.
+        refused-stream is an HTTP/2 condition and never applies to HTTP/1.1."""
+        on = self.retry_on
+        if "5xx" in on or "gateway-error" in on or "reset" in on:
+            return True
+        return connect_failure and "connect-failure" in on
+
+
 @dataclass
 class Route:
     """A matched route: its action, its filter chain and its options."""
@@ -137,6 +170,7 @@ class Route:
     websocket: bool = True
     timeout: float = 15.0
     prefix_rewrite: str | None = None
+    retry: RetryPolicy | None = None
     host_rewrite: bytes | None = None
     request_headers_to_add: list[tuple[bytes, bytes, bool]] = field(default_factory=list)
     request_headers_to_remove: frozenset[bytes] = frozenset()

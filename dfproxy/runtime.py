@@ -174,6 +174,7 @@ class Runtime:
             websocket=websocket,
             timeout=spec.timeout,
             prefix_rewrite=spec.prefix_rewrite,
+            retry=spec.retry,
             host_rewrite=spec.forward_host_rewrite.encode() if spec.forward_host_rewrite else None,
             request_headers_to_add=[
                 (n.encode(), v.encode(), a) for n, v, a in spec.request_headers_to_add

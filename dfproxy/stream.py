@@ -14,7 +14,9 @@ through ``_finish`` exactly once; a local reply is only possible before RESPONDI
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
@@ -47,6 +49,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("dfproxy.stream")
 
 QUEUED, FILTERING, CONNECTING, FORWARDING, RESPONDING, TUNNEL, DONE = range(7)
+
+# A request body longer than this is streamed without a copy and is not retried (issue #5:
+# "a request whose body was already streamed past the replay buffer is not retried").
+REPLAY_LIMIT = 64 * 1024
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNKED = b"transfer-encoding: chunked\r\n"
@@ -96,6 +102,10 @@ class Stream:
         "upstream_address",
         "sent_continue",
         "pool",
+        "attempt",
+        "replay",
+        "retry_timer",
+        "try_deadline",
         "tunnel_eofs",
     )
 
@@ -152,6 +162,12 @@ class Stream:
         self.upstream_address = ""
         self.sent_continue = False
         self.pool: UpstreamPool | None = None  # holds a max_requests slot while set
+        self.attempt = 0  # retries made so far
+        # What was sent upstream, kept for a retry while it fits REPLAY_LIMIT (None: not kept,
+        # either because the route has no retry policy or because the body outgrew it).
+        self.replay: list[bytes] | None = None
+        self.retry_timer: asyncio.TimerHandle | None = None
+        self.try_deadline = 0.0
         self.tunnel_eofs = 0
 
     # -- request helpers for filters and matchers ---------------------------------------------
@@ -279,7 +295,8 @@ class Stream:
             return
         if conn is None:
             log.debug("upstream connect to %s failed: %s", self.host and self.host.key, reason)
-            self.local_error(errors.UpstreamConnectFailure(reason))
+            if not self._maybe_retry(connect_failure=True):
+                self.local_error(errors.UpstreamConnectFailure(reason))
             return
         if self.is_connect:
             self._start_connect_tunnel(conn)
@@ -320,13 +337,21 @@ class Stream:
             headers,
             framing,
         )
-        if self.body_buf:
-            conn.write(head + b"".join(self.body_buf))
+        if self.attempt:
+            assert self.replay is not None
+            conn.write(b"".join(self.replay))  # a retry sends again exactly what was sent
+        elif self.body_buf:
+            data = head + b"".join(self.body_buf)
+            conn.write(data)
+            if route is not None and route.retry is not None:
+                self.replay = [data] if len(data) <= REPLAY_LIMIT + len(head) else None
             self.body_buf = None
             self.body_buf_size = 0
             self.conn.flow.resume(BODY_BUFFER)
         else:
             conn.write(head)
+            if route is not None and route.retry is not None:
+                self.replay = [head]
         if req.expect_continue and not self.request_done and not self.sent_continue:
             # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).
             self.sent_continue = True
@@ -340,6 +365,12 @@ class Stream:
         self.active_at = self.conn.listener.now
         if self.req.chunked:
             data = encode_chunk(data)
+        replay = self.replay
+        if replay is not None:
+            if sum(map(len, replay)) + len(data) > REPLAY_LIMIT + len(replay[0]):
+                self.replay = None  # streamed past the replay buffer: no retry any more
+            else:
+                replay.append(data)
         conn = self.upstream
         if conn is not None and (self.state == FORWARDING or self.state == RESPONDING):
             conn.write(data)
@@ -359,6 +390,8 @@ class Stream:
         self.request_done = True
         if self.req.chunked:
             end = last_chunk(trailers)
+            if self.replay is not None:
+                self.replay.append(end)
             if self.upstream is not None and self.state in (FORWARDING, RESPONDING):
                 self.upstream.write(end)
             elif self.state != DONE:
@@ -376,6 +409,9 @@ class Stream:
         assert conn is not None
         conn.request_done = True
         self._arm_deadline()
+        route = self.route
+        if route is not None and route.retry is not None and route.retry.per_try_timeout:
+            self.try_deadline = time.monotonic() + route.retry.per_try_timeout
 
     def _arm_deadline(self) -> None:
         """Envoy's route timeout runs from the end of the request, whether or not a
@@ -390,11 +426,64 @@ class Stream:
             bodiless = self.req.content_length is None and not self.req.chunked
             self.deadline = (self.start if bodiless else time.monotonic()) + timeout
 
+    # -- retries ------------------------------------------------------------------------------
+
+    def _count(self, name: str) -> None:
+        if self.pool is not None:
+            self.pool.count(name)
+
+    def _maybe_retry(self, connect_failure: bool, status: int = 0) -> bool:
+        """Retry this request if the route's policy, the replay buffer and the retry breaker
+        allow it: the attempt's connection is dropped and a new one is opened after a
+        jittered exponential backoff (Envoy: uniform in [0, min(max, base * 2^n))).
+        Returns False, changing nothing, when no retry happens."""
+        route = self.route
+        policy = route.retry if route is not None else None
+        if policy is None or self.is_connect or self.upgrade is not None or self.pool is None:
+            return False
+        if not (policy.retries_status(status) if status else policy.retries_reset(connect_failure)):
+            return False
+        if self.attempt >= policy.num_retries:
+            self._count("upstream_rq_retry_limit_exceeded")
+            return False
+        if self.replay is None or not self.request_done:
+            return False  # the body is streamed past the replay buffer, or still arriving
+        retries = self.pool.breakers.retries
+        if not retries.can_create():
+            self.pool.breakers.st_retry_overflow.value += 1
+            return False
+        retries.acquire()
+        self._count("upstream_rq_retry")
+        self._drop_upstream()
+        self.attempt += 1
+        self.state = CONNECTING
+        self.try_deadline = 0.0
+        ceiling = min(policy.max_interval, policy.base_interval * (2 ** (self.attempt - 1)))
+        self.retry_timer = self.conn.loop.call_later(random.random() * ceiling, self._retry)
+        log.debug("retry %d of %s %s", self.attempt, self.method, self.target)
+        return True
+
+    def _retry(self) -> None:
+        self.retry_timer = None
+        pool = self.pool
+        if pool is None or self.state != CONNECTING or self.host is None:
+            return
+        pool.breakers.retries.release()
+        # A fresh connection: the one that failed, or one like it, is not trusted again.
+        if not pool.request(self.host, self._on_connected):
+            self.local_error(errors.UpstreamOverflow("max_pending_requests"))
+
     def check_deadline(self, now: float) -> None:
         """Called by the listener's sweep for the head-of-line stream."""
         if self.deadline and now >= self.deadline and CONNECTING <= self.state <= RESPONDING:
             self.deadline = 0.0
             self._on_timeout()
+        elif self.try_deadline and now >= self.try_deadline and self.state == FORWARDING:
+            # Per-try timeout: this attempt is abandoned; another may follow.
+            self.try_deadline = 0.0
+            self._drop_upstream()
+            if not self._maybe_retry(connect_failure=False):
+                self.local_error(errors.UpstreamTimeout())
 
     def idle_timeout(self) -> None:
         """No byte either way for stream_idle_timeout (Envoy onIdleTimeout): 408 "stream
@@ -430,11 +519,19 @@ class Stream:
             self._drop_upstream()
             self.local_error(errors.UpstreamProtocolError(str(exc)))
             return
+        route = self.route
+        assert route is not None
+        retry = route.retry
+        if retry is not None and status != 101:
+            if retry.retries_status(status):
+                if self._maybe_retry(connect_failure=False, status=status):
+                    return
+                # No retry left: the upstream's own answer goes to the client (as Envoy).
+            elif self.attempt:
+                self._count("upstream_rq_retry_success")
         self.resp_status = status
         self.active_at = self.conn.listener.now
         headers = resp.forward
-        route = self.route
-        assert route is not None
         body_filters = route.chain.response_body
         if not route.plain_response:
             self.resp_headers = headers
@@ -524,6 +621,8 @@ class Stream:
         """The upstream connection closed or broke before the exchange completed."""
         self.upstream = None
         if self.state == FORWARDING:
+            if self._maybe_retry(connect_failure=False):
+                return
             if reason.startswith("protocol error"):
                 self.local_error(errors.UpstreamProtocolError(reason))
             else:
@@ -671,6 +770,11 @@ class Stream:
         self._finish()
 
     def _cancel_waits(self) -> None:
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
+            if self.pool is not None:
+                self.pool.breakers.retries.release()
         if self.state == CONNECTING and self.pool is not None:
             self.pool.cancel(self._on_connected)
         if self.dns_wait is not None:

@@ -453,18 +453,18 @@ CASES = [
         ("not supported yet",),
     ),
     Case(
-        "retries",
+        "retries-unknown-retry-on",
         docs(
             GATEWAY,
             vs("""
                 routes:
                 - routeAction: {dynamicForwardProxy: {}}
-                  options: {retries: {numRetries: 3, retryOn: 5xx}}
+                  options: {retries: {numRetries: 3, retryOn: "5xx,teapot"}}
                 """),
         ),
         2,
-        "spec.virtualHost.routes[0].options.retries",
-        ("not supported yet",),
+        "spec.virtualHost.routes[0].options.retries.retryOn",
+        ("unknown retryOn value teapot", "5xx"),
     ),
     Case("ssl-true", docs(gateway("ssl: true")), 1, "spec.ssl", ("not supported yet",)),
     # -- the resource itself
@@ -587,7 +587,7 @@ SCHEMA_ERRORS_FILE = docs(
           directResponseAction: {status: 200}
           redirectAction: {hostRedirect: a.test}
         - routeAction: {dynamicForwardProxy: {}}
-          options: {retries: {numRetries: 1}}
+          options: {retries: {numRetries: -1}}
         options: {jwt: {}}
         """),
 )
@@ -600,7 +600,7 @@ SCHEMA_ERROR_PATHS = [
     (2, "spec.virtualHost.domians"),
     (2, "spec.virtualHost.routes[0].matchers[0].prefx"),
     (2, "spec.virtualHost.routes[1]"),
-    (2, "spec.virtualHost.routes[2].options.retries"),
+    (2, "spec.virtualHost.routes[2].options.retries.numRetries"),
     (2, "spec.virtualHost.options.jwt"),
 ]
 

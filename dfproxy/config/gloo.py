@@ -33,7 +33,7 @@ from dfproxy.config.model import (
 )
 from dfproxy.dns.cache import DnsCacheConfig
 from dfproxy.dns.resolver import ResolverOptions
-from dfproxy.router import HeaderMatcher, Matcher, QueryMatcher
+from dfproxy.router import HeaderMatcher, Matcher, QueryMatcher, RetryPolicy
 
 KINDS: dict[str, type[BaseModel]] = {"Gateway": gs.Gateway, "VirtualService": gs.VirtualService}
 REDIRECT_CODES = {
@@ -402,6 +402,17 @@ def _route(r: gs.Route, i: int, vs_where: str, errors: _Errors) -> RouteSpec:
         if o.timeout is not None:
             spec.timeout = o.timeout
         spec.prefix_rewrite = o.prefix_rewrite
+        if o.retries is not None:
+            rp = o.retries
+            backoff = rp.retry_back_off
+            base = backoff.base_interval if backoff else 0.025
+            spec.retry = RetryPolicy(
+                retry_on=frozenset(v.strip() for v in rp.retry_on.split(",") if v.strip()),
+                num_retries=rp.num_retries,
+                per_try_timeout=rp.per_try_timeout or 0.0,
+                base_interval=base,
+                max_interval=(backoff.max_interval if backoff else None) or 10 * base,
+            )
         if o.host_rewrite is not None:
             spec.forward_host_rewrite = o.host_rewrite
         if o.header_manipulation is not None:

@@ -318,12 +318,38 @@ class HeaderManipulation(Model):
     response_headers_to_remove: list[str] = Field(default_factory=list)
 
 
+class RetryBackOff(Model):
+    base_interval: Duration = Field(gt=0)
+    max_interval: Duration | None = Field(default=None, gt=0)
+
+
+class RetryPolicy(Model):
+    retry_on: str = "5xx"
+    num_retries: int = Field(default=1, ge=0)
+    per_try_timeout: Duration | None = Field(default=None, gt=0)
+    retry_back_off: RetryBackOff | None = None
+
+    @field_validator("retry_on")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from dfproxy.router import RETRY_ON
+
+        unknown = [v for v in (x.strip() for x in value.split(",")) if v and v not in RETRY_ON]
+        if unknown:
+            raise ValueError(
+                f"unknown retryOn value {', '.join(unknown)}; expected some of "
+                f"{', '.join(sorted(RETRY_ON))}"
+            )
+        return value
+
+
 class RouteOptions(Model):
     upgrades: list[UpgradeConfig] = Field(default_factory=list)
     timeout: Duration | None = Field(default=None, gt=0)
     prefix_rewrite: str | None = None
     host_rewrite: str | None = None
     header_manipulation: HeaderManipulation | None = None
+    retries: RetryPolicy | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -390,7 +416,6 @@ NOT_SUPPORTED: dict[str, str] = {
     "dlp": "data loss prevention (options.dlp) is not supported yet",
     "stagedTransformations": "transformations (stagedTransformations) are not supported yet",
     "transformations": "transformations are not supported yet",
-    "retries": "retries (options.retries) are not supported yet",
     "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",
     "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
     "extauth": "external authorization (options.extauth) is not supported yet",

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from dfproxy.dns.cache import DnsCacheConfig
 from dfproxy.dns.resolver import ResolverOptions
-from dfproxy.router import Matcher
+from dfproxy.router import Matcher, RetryPolicy
 
 
 @dataclass
@@ -61,6 +61,7 @@ class RouteSpec:
     websocket: bool | None = None  # None: inherit the listener's setting
     timeout: float = 15.0
     prefix_rewrite: str | None = None
+    retry: RetryPolicy | None = None
     forward_host_rewrite: str | None = None  # route options.hostRewrite: forwarded Host only
     request_headers_to_add: list[tuple[str, str, bool]] = field(default_factory=list)
     request_headers_to_remove: list[str] = field(default_factory=list)

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from dfproxy.dns.cache import DnsHostInfo
-from dfproxy.stats import StatsStore
+from dfproxy.stats import Counter, StatsStore
 from dfproxy.tasks import spawn
 from dfproxy.upstream.circuit_breaker import CircuitBreakers, Thresholds
 from dfproxy.upstream.connect import happy_eyeballs_connect
@@ -52,6 +52,9 @@ class UpstreamPool:
         self.active = 0
         self.closing = False
         prefix = f"cluster.{cluster_name}."
+        self.prefix = prefix
+        self.stats = stats
+        self._counters: dict[str, Counter] = {}
         self.st_cx_total = stats.counter(prefix + "upstream_cx_total")
         self.st_cx_active = stats.gauge(prefix + "upstream_cx_active")
         self.st_cx_connect_fail = stats.counter(prefix + "upstream_cx_connect_fail")
@@ -62,6 +65,13 @@ class UpstreamPool:
         self._sweeper: asyncio.TimerHandle | None = loop.call_later(
             self.sweep_interval, self._sweep
         )
+
+    def count(self, name: str) -> None:
+        """Increment ``cluster.<name>.<stat>`` (rare events: retries)."""
+        stat = self._counters.get(name)
+        if stat is None:
+            stat = self._counters[name] = self.stats.counter(self.prefix + name)
+        stat.value += 1
 
     def get_idle(self, host: DnsHostInfo) -> UpstreamConnection | None:
         """An idle connection to one of ``host``'s addresses, or None.
