@@ -306,6 +306,8 @@ class HttpConnection(asyncio.Protocol):
             host_header,
             is_connect,
         )
+        if url[:6].lower() == b"https:":
+            stream.https_target = True
         if len(self.streams) >= MAX_PIPELINED:
             raise BadRequestError("too many pipelined requests")
         self.parsing = stream
@@ -321,12 +323,7 @@ class HttpConnection(asyncio.Protocol):
         if sep < 0:
             raise BadRequestError("invalid request target")
         scheme = url[:sep].lower()
-        if scheme == b"https":
-            raise BadRequestError(
-                "https:// absolute-form needs upstream TLS, which is not configured; "
-                "use CONNECT (curl -p / --proxytunnel) for HTTPS"
-            )
-        if scheme != b"http":
+        if scheme not in (b"http", b"https"):
             raise BadRequestError("unsupported scheme in request target")
         rest = url[sep + 3 :]
         end = len(rest)
@@ -340,7 +337,8 @@ class HttpConnection(asyncio.Protocol):
         path = rest[end:] or b"/"
         if path[:1] == b"?":
             path = b"/" + path
-        authority = parse_authority_cached(host_header, 80) if host_header else None
+        port = 443 if scheme == b"https" else 80
+        authority = parse_authority_cached(host_header, port) if host_header else None
         return path, host_header, authority
 
     def on_body(self, body: bytes) -> None:

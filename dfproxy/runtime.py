@@ -114,6 +114,7 @@ class Runtime:
             name,
             connect_timeout=dfp.connect_timeout,
             idle_timeout=dfp.upstream_idle_timeout,
+            tls=dfp.tls,
             breakers=Thresholds(
                 cb.max_connections,
                 cb.max_pending_requests,
@@ -122,7 +123,10 @@ class Runtime:
                 cb.track_remaining,
             ),
         )
-        cluster = DfpCluster(name, cache, pool, resolver=resolver)
+        # Envoy: the cache key's default port is 443 when the cluster speaks TLS.
+        cluster = DfpCluster(
+            name, cache, pool, default_port=443 if dfp.tls else 80, resolver=resolver
+        )
         cluster.created_by = self
         self.clusters[name] = cluster
         if cache_config.store_filename:

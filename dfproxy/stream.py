@@ -101,6 +101,7 @@ class Stream:
         "filter_state",
         "upstream_address",
         "sent_continue",
+        "https_target",
         "pool",
         "attempt",
         "replay",
@@ -161,6 +162,7 @@ class Stream:
         self.filter_state: dict[str, object] | None = None
         self.upstream_address = ""
         self.sent_continue = False
+        self.https_target = False  # absolute-form https:// (needs a TLS cluster)
         self.pool: UpstreamPool | None = None  # holds a max_requests slot while set
         self.attempt = 0  # retries made so far
         # What was sent upstream, kept for a retry while it fits REPLAY_LIMIT (None: not kept,
@@ -285,7 +287,7 @@ class Stream:
                 self._attach(conn)
                 return
         self.state = CONNECTING
-        if not pool.request(host, self._on_connected):
+        if not pool.request(host, self._on_connected, plain=self.is_connect):
             self.local_error(errors.UpstreamOverflow("max_pending_requests"))
 
     def _on_connected(self, conn: UpstreamConnection | None, reason: str) -> None:
@@ -296,7 +298,10 @@ class Stream:
         if conn is None:
             log.debug("upstream connect to %s failed: %s", self.host and self.host.key, reason)
             if not self._maybe_retry(connect_failure=True):
-                self.local_error(errors.UpstreamConnectFailure(reason))
+                if reason.startswith("tls:"):
+                    self.local_error(errors.UpstreamTlsFailure(reason[4:]))
+                else:
+                    self.local_error(errors.UpstreamConnectFailure(reason))
             return
         if self.is_connect:
             self._start_connect_tunnel(conn)

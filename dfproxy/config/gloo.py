@@ -34,6 +34,7 @@ from dfproxy.config.model import (
 from dfproxy.dns.cache import DnsCacheConfig
 from dfproxy.dns.resolver import ResolverOptions
 from dfproxy.router import HeaderMatcher, Matcher, QueryMatcher, RetryPolicy
+from dfproxy.upstream.tls import TlsSettings
 
 KINDS: dict[str, type[BaseModel]] = {"Gateway": gs.Gateway, "VirtualService": gs.VirtualService}
 REDIRECT_CODES = {
@@ -304,6 +305,22 @@ def _dfp(opt: gs.DynamicForwardProxy) -> DfpConfig:
         opt.save_upstream_address,
         connect_timeout=opt.connect_timeout,
         upstream_idle_timeout=opt.upstream_idle_timeout,
+        tls=_tls(opt.ssl_config) if opt.ssl_config is not None else None,
+    )
+
+
+def _tls(c: gs.UpstreamSslConfig) -> TlsSettings:
+    files = c.ssl_files
+    params = c.parameters
+    return TlsSettings(
+        root_ca=files.root_ca if files else None,
+        cert=files.tls_cert if files else None,
+        key=files.tls_key if files else None,
+        sni=c.sni,
+        verify_san=tuple(c.verify_subject_alt_name),
+        alpn=tuple(c.alpn_protocols) or ("http/1.1",),
+        min_version=(params.minimum_protocol_version if params else None) or "TLSv1_2",
+        max_version=params.maximum_protocol_version if params else None,
     )
 
 

@@ -7,6 +7,7 @@ dfproxy does not implement yet are listed in NOT_SUPPORTED and get a message say
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -128,21 +129,67 @@ class CircuitBreakerConfig(Model):
     track_remaining: bool = False
 
 
+class SslFiles(Model):
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    root_ca: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> SslFiles:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tlsCert and tlsKey go together (a client certificate and its key)")
+        return self
+
+
+class SslParameters(Model):
+    minimum_protocol_version: (
+        Literal["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"] | None
+    ) = None
+    maximum_protocol_version: (
+        Literal["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"] | None
+    ) = None
+
+
+class UpstreamSslConfig(Model):
+    """Gloo UpstreamSslConfig; certificates as file paths (sslFiles)."""
+
+    ssl_files: SslFiles | None = None
+    sni: str | None = None
+    verify_subject_alt_name: list[str] = Field(default_factory=list)
+    parameters: SslParameters | None = None
+    alpn_protocols: list[str] = Field(default_factory=list)
+    allow_renegotiation: bool = False
+    secret_ref: dict[str, Any] | None = None
+    sds: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> UpstreamSslConfig:
+        if self.secret_ref is not None or self.sds is not None:
+            raise ValueError(
+                "secretRef and sds need Kubernetes/SDS; give the files with sslFiles "
+                "(rootCa, tlsCert, tlsKey) instead"
+            )
+        if self.allow_renegotiation:
+            raise ValueError("allowRenegotiation: true is not supported (renegotiation is off)")
+        files = self.ssl_files
+        for label, path in (
+            ("rootCa", files.root_ca if files else None),
+            ("tlsCert", files.tls_cert if files else None),
+            ("tlsKey", files.tls_key if files else None),
+        ):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"sslFiles.{label}: no such file {path!r}")
+        return self
+
+
 class DynamicForwardProxy(Model):
     dns_cache_config: DnsCacheConfig = Field(default_factory=DnsCacheConfig)
     save_upstream_address: bool = False
     circuit_breakers: CircuitBreakerConfig | None = None
-    ssl_config: dict[str, Any] | None = None
+    ssl_config: UpstreamSslConfig | None = None
     # dfproxy extensions (Gloo sets these on the generated cluster: connect_timeout 5 s).
     connect_timeout: Duration = Field(default=5.0, gt=0)
     upstream_idle_timeout: Duration = Field(default=3600.0, gt=0)
-
-    @field_validator("ssl_config")
-    @classmethod
-    def _no_tls_yet(cls, value: Any) -> Any:
-        if value is not None:
-            raise ValueError("sslConfig (TLS origination) is not supported yet")
-        return value
 
 
 # -- Gateway -----------------------------------------------------------------------------------
@@ -420,6 +467,5 @@ NOT_SUPPORTED: dict[str, str] = {
     "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
     "extauth": "external authorization (options.extauth) is not supported yet",
     "rbac": "RBAC (options.rbac) is not supported yet",
-    "sslConfig": "TLS (sslConfig) is not supported yet",
     "delegateAction": "delegateAction (route delegation) is not supported yet",
 }

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from dfproxy.dns.cache import DnsCacheConfig
 from dfproxy.dns.resolver import ResolverOptions
 from dfproxy.router import Matcher, RetryPolicy
+from dfproxy.upstream.tls import TlsSettings
 
 
 @dataclass
@@ -36,6 +37,7 @@ class DfpConfig:
     save_upstream_address: bool = False
     connect_timeout: float = 5.0
     upstream_idle_timeout: float = 3600.0
+    tls: TlsSettings | None = None  # sslConfig: TLS origination
 
     def digest(self) -> str:
         """A stable decimal hash, as Gloo names generated clusters and caches."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from dfproxy.dns import cache as dns_cache
 from dfproxy.filters import CONTINUE, STOP, HttpFilter
 from dfproxy.http import errors
-from dfproxy.http.authority import AuthorityError, parse_authority
+from dfproxy.http.authority import AuthorityError, parse_authority, parse_authority_cached
 
 if TYPE_CHECKING:
     from dfproxy.cluster import DfpCluster
@@ -43,6 +43,19 @@ class DynamicForwardProxyFilter(HttpFilter):
         if authority is None:
             stream.local_error(errors.EmptyHost())
             return STOP
+        default_port = self.cluster.default_port
+        if stream.https_target and self.cluster.pool.tls is None:
+            stream.local_error(
+                errors.BadRequest(
+                    "https:// absolute-form needs upstream TLS (dynamicForwardProxy.sslConfig); "
+                    "use CONNECT (curl -p / --proxytunnel) for end-to-end HTTPS"
+                )
+            )
+            return STOP
+        if default_port != 80 and not stream.is_connect and stream.host_header:
+            # Envoy: a TLS cluster's default port is 443 (the codec assumed 80).
+            authority = parse_authority_cached(stream.host_header, default_port)
+            stream.authority = authority
         if authority.is_ip:
             stream.host = self.cluster.ip_host(authority)
             return CONTINUE

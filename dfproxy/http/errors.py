@@ -99,6 +99,16 @@ class UpstreamConnectFailure(ProxyError):
     details = "upstream_reset_before_response_started{connection_failure}"
 
 
+class UpstreamTlsFailure(UpstreamConnectFailure):
+    """The TLS handshake or the certificate check failed (Envoy adds the transport reason)."""
+
+    details = "upstream_reset_before_response_started{connection_failure,TLS_error}"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.body = f"{UpstreamConnectFailure.body}, transport failure reason: {reason}"
+
+
 class UpstreamReset(ProxyError):
     body = (
         "upstream connect error or disconnect/reset before headers. "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -24,10 +24,14 @@ async def happy_eyeballs_connect(
     addresses: Sequence[str],
     port: int,
     delay: float = ATTEMPT_DELAY,
+    **kwargs: Any,
 ) -> tuple[asyncio.Transport, P]:
-    """Connect to the first address that answers; raise the last OSError if none does."""
+    """Connect to the first address that answers; raise the last OSError if none does.
+
+    ``kwargs`` go to create_connection (TLS: ssl, server_hostname, ssl_handshake_timeout);
+    a TLS handshake is part of an attempt, so a failed verification fails that attempt."""
     if len(addresses) == 1:
-        transport, protocol = await loop.create_connection(factory, addresses[0], port)
+        transport, protocol = await loop.create_connection(factory, addresses[0], port, **kwargs)
         return transport, protocol
     pending: set[asyncio.Future[tuple[asyncio.Transport, P]]] = set()
     last_error: BaseException | None = None
@@ -38,7 +42,7 @@ async def happy_eyeballs_connect(
             if next_index < len(addresses):
                 pending.add(
                     loop.create_task(  # awaited below, never detached
-                        loop.create_connection(factory, addresses[next_index], port)
+                        loop.create_connection(factory, addresses[next_index], port, **kwargs)
                     )
                 )
                 next_index += 1

@@ -82,14 +82,16 @@ class UpstreamConnection(asyncio.Protocol):
         "request_done",
         "early",
         "counted",
+        "tls_name",
     )
 
-    def __init__(self, pool: UpstreamPool, host: DnsHostInfo) -> None:
+    def __init__(self, pool: UpstreamPool, host: DnsHostInfo, tls_name: str = "") -> None:
         self.pool = pool
         self.host = host
+        self.tls_name = tls_name  # SNI/SAN name of a TLS connection ("" for plain TCP)
         # The address actually connected to (set in connection_made): idle plaintext
         # connections are shared per peer address, never per name (see UpstreamPool).
-        self.key: tuple[str, int] = ("", 0)
+        self.key: tuple[str, int, str] = ("", 0, tls_name)
         self.address = ""
         self.transport: asyncio.Transport | None = None
         self.state = CONNECTED
@@ -120,7 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             host = peer[0]
-            self.key = (host, peer[1])
+            self.key = (host, peer[1], self.tls_name)
             self.address = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
 
     def data_received(self, data: bytes) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from dfproxy.dns.cache import DnsHostInfo
 from dfproxy.stats import Counter, StatsStore
@@ -20,6 +22,15 @@ from dfproxy.tasks import spawn
 from dfproxy.upstream.circuit_breaker import CircuitBreakers, Thresholds
 from dfproxy.upstream.connect import happy_eyeballs_connect
 from dfproxy.upstream.connection import CLOSED, IDLE, UpstreamConnection
+from dfproxy.upstream.tls import (
+    SanMismatch,
+    TlsSettings,
+    build_context,
+    check_san,
+    failure_kind,
+    failure_reason,
+    server_hostname,
+)
 
 log = logging.getLogger("dfproxy.upstream")
 
@@ -41,14 +52,17 @@ class UpstreamPool:
         idle_timeout: float = 3600.0,
         max_idle_per_host: int = 64,
         breakers: Thresholds | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.loop = loop
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle_per_host = max_idle_per_host
-        self.idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self.idle: dict[tuple[str, int, str], list[UpstreamConnection]] = {}
+        self.tls = tls
+        self.tls_context = build_context(tls) if tls is not None else None
         self.breakers = CircuitBreakers(breakers or Thresholds(), stats, cluster_name)
-        self.waiters: deque[tuple[DnsHostInfo, ConnectCallback]] = deque()
+        self.waiters: deque[tuple[DnsHostInfo, ConnectCallback, bool]] = deque()
         self.active = 0
         self.closing = False
         prefix = f"cluster.{cluster_name}."
@@ -83,8 +97,9 @@ class UpstreamPool:
         an address in this host's own list is ever used for it.
         """
         port = host.port
+        name = self.tls_name(host)
         for ip, _ in host.addresses:
-            conns = self.idle.get((ip, port))
+            conns = self.idle.get((ip, port, name))
             while conns:
                 conn = conns.pop()
                 t = conn.transport
@@ -92,7 +107,12 @@ class UpstreamPool:
                     return conn
         return None
 
-    def request(self, host: DnsHostInfo, callback: ConnectCallback) -> bool:
+    def tls_name(self, host: DnsHostInfo) -> str:
+        """The name a TLS connection to ``host`` is for (its pool key part): the SNI and SAN
+        target, so connections for different names are never shared."""
+        return host.host if self.tls is not None else ""
+
+    def request(self, host: DnsHostInfo, callback: ConnectCallback, plain: bool = False) -> bool:
         """Ask for a new connection to ``host`` for one request (no idle one was free).
 
         The request is pending until ``callback(conn, "")`` or ``callback(None, reason)``.
@@ -106,32 +126,35 @@ class UpstreamPool:
             return False
         cb.pending.acquire()
         if cb.connections.can_create():
-            self._start(host, callback)
+            self._start(host, callback, plain)
         else:
             cb.st_cx_overflow.value += 1
-            self.waiters.append((host, callback))
+            self.waiters.append((host, callback, plain))
             self._evict_one_idle()
         return True
 
     def cancel(self, callback: ConnectCallback) -> None:
         """The request waiting with ``callback`` went away before it got a connection."""
-        for i, (_, cb) in enumerate(self.waiters):
+        for i, (_, cb, _plain) in enumerate(self.waiters):
             if cb == callback:
                 del self.waiters[i]
                 self.breakers.pending.release()
                 return
 
-    def connect(self, host: DnsHostInfo, callback: ConnectCallback) -> asyncio.Task[None]:
-        """Open a connection outside the pending accounting (CONNECT tunnels use request())."""
+    def connect(
+        self, host: DnsHostInfo, callback: ConnectCallback, plain: bool = False
+    ) -> asyncio.Task[None]:
+        """Open a connection (TLS if the cluster has it, unless ``plain``: a CONNECT tunnel's
+        bytes are the client's own TLS)."""
         self.breakers.connections.acquire()
-        return spawn(self._connect(host, callback), name=f"connect:{host.key}")
+        return spawn(self._connect(host, callback, plain), name=f"connect:{host.key}")
 
-    def _start(self, host: DnsHostInfo, callback: ConnectCallback) -> None:
+    def _start(self, host: DnsHostInfo, callback: ConnectCallback, plain: bool) -> None:
         def done(conn: UpstreamConnection | None, reason: str) -> None:
             self.breakers.pending.release()
             callback(conn, reason)
 
-        self.connect(host, done)
+        self.connect(host, done, plain)
 
     def _evict_one_idle(self) -> None:
         """Close the least recently used idle connection, freeing a slot for a waiter."""
@@ -145,18 +168,45 @@ class UpstreamPool:
     def _serve_waiters(self) -> None:
         cb = self.breakers
         while self.waiters and cb.connections.can_create():
-            host, callback = self.waiters.popleft()
-            self._start(host, callback)
+            host, callback, plain = self.waiters.popleft()
+            self._start(host, callback, plain)
 
-    async def _connect(self, host: DnsHostInfo, callback: ConnectCallback) -> None:
+    async def _connect(self, host: DnsHostInfo, callback: ConnectCallback, plain: bool) -> None:
         addresses = [a[0] for a in host.addresses]
+        kwargs: dict[str, Any] = {}
+        tls = None if plain else self.tls
+        name = ""
+        if tls is not None:
+            name = host.host
+            kwargs = {
+                "ssl": self.tls_context,
+                "server_hostname": server_hostname(tls, name),  # Python sends no SNI for an IP
+                "ssl_handshake_timeout": self.connect_timeout,
+            }
         try:
-            _, conn = await asyncio.wait_for(
+            transport, conn = await asyncio.wait_for(
                 happy_eyeballs_connect(
-                    self.loop, lambda: UpstreamConnection(self, host), addresses, host.port
+                    self.loop,
+                    lambda: UpstreamConnection(self, host, name),
+                    addresses,
+                    host.port,
+                    **kwargs,
                 ),
                 self.connect_timeout,
             )
+            if tls is not None:
+                self.count("ssl.handshake")
+                if self.tls_context is not None and not self.tls_context.check_hostname:
+                    try:
+                        check_san(transport.get_extra_info("peercert"), name, tls.verify_san)
+                    except SanMismatch:
+                        transport.abort()  # never used for a request
+                        raise
+        except ssl.SSLError as exc:
+            self._connect_failed()
+            self.count("ssl." + failure_kind(exc))
+            callback(None, "tls:" + failure_reason(exc))
+            return
         except TimeoutError:
             self._connect_failed()
             self.st_cx_connect_timeout.value += 1
