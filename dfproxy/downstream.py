@@ -459,10 +459,7 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.head_started:
             if headers_timeout and now - self.head_started > headers_timeout:
-                log.info(
-                    "request headers from %s not complete in %.0fs", self.peer, headers_timeout
-                )
-                self._fail(408, b"request header timeout")
+                self._bad_request("request header timeout", 408)
         elif idle_timeout and now - self.idle_since > idle_timeout:
             self.close_after_flush()  # Envoy closes idle HTTP/1 connections without a word
 
