@@ -196,12 +196,19 @@ class UpstreamPool:
             )
             if tls is not None:
                 self.count("ssl.handshake")
+                ssl_object = transport.get_extra_info("ssl_object")
+                if ssl_object is not None and ssl_object.session_reused:
+                    self.count("ssl.session_reused")
                 if self.tls_context is not None and not self.tls_context.check_hostname:
                     try:
                         check_san(transport.get_extra_info("peercert"), name, tls.verify_san)
                     except SanMismatch:
                         transport.abort()  # never used for a request
                         raise
+                assert self.tls_context is not None
+                self.tls_context.remember(
+                    server_hostname(tls, name) or "", transport.get_extra_info("ssl_object")
+                )
         except ssl.SSLError as exc:
             self._connect_failed()
             self.count("ssl." + failure_kind(exc))
@@ -243,6 +250,11 @@ class UpstreamPool:
             return
         conn.mark_idle()
         conns.append(conn)
+        if self.tls_context is not None and conn.tls_name and conn.transport is not None:
+            self.tls_context.remember(
+                server_hostname(self.tls, conn.tls_name) or "",  # type: ignore[arg-type]
+                conn.transport.get_extra_info("ssl_object"),
+            )
 
     def on_closed(self, conn: UpstreamConnection) -> None:
         """Connection lost (either side closed it)."""

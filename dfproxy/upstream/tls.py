@@ -42,9 +42,50 @@ class SanMismatch(ssl.SSLError):
     """The certificate is valid but names neither the host nor an allowed name."""
 
 
-def build_context(settings: TlsSettings) -> ssl.SSLContext:
+MAX_SESSIONS = 4096
+
+
+class SessionContext(ssl.SSLContext):
+    """An SSLContext that resumes TLS sessions per server name.
+
+    asyncio and uvloop create connections with ``wrap_bio(...)`` and take no session
+    argument; this hook supplies the last session seen for the name, so a new upstream
+    connection to an origin resumes instead of doing a full handshake.
+    """
+
+    sessions: dict[str, ssl.SSLSession]
+
+    def wrap_bio(  # type: ignore[override]
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and server_hostname is not None:
+            session = self.sessions.get(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def remember(self, name: str, ssl_object: ssl.SSLObject | None) -> None:
+        """Keep ``ssl_object``'s session for the next connection to ``name`` (TLS 1.3 sends
+        tickets after the handshake, so this is called again when a connection is idle)."""
+        session = ssl_object.session if ssl_object is not None else None
+        if session is None:
+            return
+        if len(self.sessions) >= MAX_SESSIONS and name not in self.sessions:
+            self.sessions.clear()
+        self.sessions[name] = session
+
+
+def build_context(settings: TlsSettings) -> SessionContext:
     """The client context for every upstream TLS connection of the cluster."""
-    ctx = ssl.create_default_context(cafile=settings.root_ca)
+    ctx = SessionContext(ssl.PROTOCOL_TLS_CLIENT)  # verify_mode REQUIRED, check_hostname on
+    ctx.sessions = {}
+    if settings.root_ca:
+        ctx.load_verify_locations(cafile=settings.root_ca)
+    else:
+        ctx.load_default_certs()
     if settings.cert:
         ctx.load_cert_chain(settings.cert, settings.key)
     minimum = VERSIONS.get(settings.min_version or "TLS_AUTO")
