@@ -107,6 +107,7 @@ class Stream:
         "replay",
         "retry_timer",
         "try_deadline",
+        "retry_slot",
         "tunnel_eofs",
     )
 
@@ -165,9 +166,11 @@ class Stream:
         self.https_target = False  # absolute-form https:// (needs a TLS cluster)
         self.pool: UpstreamPool | None = None  # holds a max_requests slot while set
         self.attempt = 0  # retries made so far
-        # What was sent upstream, kept for a retry while it fits REPLAY_LIMIT (None: not kept,
-        # either because the route has no retry policy or because the body outgrew it).
+        # The request body as sent upstream (encoded), kept for a retry while it fits
+        # REPLAY_LIMIT; None: not kept (no retry policy, or the body outgrew it). The head is
+        # built again for each attempt.
         self.replay: list[bytes] | None = None
+        self.retry_slot = False  # holds a max_retries slot (until the stream ends)
         self.retry_timer: asyncio.TimerHandle | None = None
         self.try_deadline = 0.0
         self.tunnel_eofs = 0
@@ -279,6 +282,17 @@ class Stream:
             return
         requests.count += 1
         self.pool = pool  # the slot is given back in _finish()
+        route = self.route
+        if (
+            route is not None
+            and route.retry is not None
+            and self.attempt == 0
+            and not self.is_connect
+            and self.upgrade is None
+        ):
+            # The body may have arrived while DNS was resolving: it counts against the limit.
+            buffered = self.body_buf_size
+            self.replay = None if buffered > REPLAY_LIMIT else list(self.body_buf or ())
         if self.request_done:
             self._arm_deadline()
         if not self.is_connect and self.upgrade is None:
@@ -344,19 +358,14 @@ class Stream:
         )
         if self.attempt:
             assert self.replay is not None
-            conn.write(b"".join(self.replay))  # a retry sends again exactly what was sent
+            conn.write(head + b"".join(self.replay))  # a retry sends the same bytes again
         elif self.body_buf:
-            data = head + b"".join(self.body_buf)
-            conn.write(data)
-            if route is not None and route.retry is not None:
-                self.replay = [data] if len(data) <= REPLAY_LIMIT + len(head) else None
+            conn.write(head + b"".join(self.body_buf))
             self.body_buf = None
             self.body_buf_size = 0
             self.conn.flow.resume(BODY_BUFFER)
         else:
             conn.write(head)
-            if route is not None and route.retry is not None:
-                self.replay = [head]
         if req.expect_continue and not self.request_done and not self.sent_continue:
             # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).
             self.sent_continue = True
@@ -372,7 +381,7 @@ class Stream:
             data = encode_chunk(data)
         replay = self.replay
         if replay is not None:
-            if sum(map(len, replay)) + len(data) > REPLAY_LIMIT + len(replay[0]):
+            if sum(map(len, replay)) + len(data) > REPLAY_LIMIT:
                 self.replay = None  # streamed past the replay buffer: no retry any more
             else:
                 replay.append(data)
@@ -454,10 +463,12 @@ class Stream:
         if self.replay is None or not self.request_done:
             return False  # the body is streamed past the replay buffer, or still arriving
         retries = self.pool.breakers.retries
-        if not retries.can_create():
-            self.pool.breakers.st_retry_overflow.value += 1
-            return False
-        retries.acquire()
+        if not self.retry_slot:
+            if not retries.can_create():
+                self.pool.breakers.st_retry_overflow.value += 1
+                return False
+            retries.acquire()  # held while this request retries (Envoy: until it ends)
+            self.retry_slot = True
         self._count("upstream_rq_retry")
         self._drop_upstream()
         self.attempt += 1
@@ -473,7 +484,6 @@ class Stream:
         pool = self.pool
         if pool is None or self.state != CONNECTING or self.host is None:
             return
-        pool.breakers.retries.release()
         # A fresh connection: the one that failed, or one like it, is not trusted again.
         if not pool.request(self.host, self._on_connected):
             self.local_error(errors.UpstreamOverflow("max_pending_requests"))
@@ -491,11 +501,15 @@ class Stream:
                 self.local_error(errors.UpstreamTimeout())
 
     def idle_timeout(self) -> None:
-        """No byte either way for stream_idle_timeout (Envoy onIdleTimeout): 408 "stream
-        timeout" if the response has not started, else the exchange or tunnel is cut."""
+        """No byte either way for stream_idle_timeout (Envoy onIdleTimeout): "stream timeout"
+        before the response starts, 504 once the request is complete and 408 while it is not
+        (maybeRequestTimeoutCode); after that the exchange or tunnel is cut."""
         self.flags = rf.STREAM_IDLE_TIMEOUT
         if self.state < RESPONDING:
-            self.send_local_reply(408, b"stream timeout", flag=rf.STREAM_IDLE_TIMEOUT, close=True)
+            status = 504 if self.request_done else 408
+            self.send_local_reply(
+                status, b"stream timeout", flag=rf.STREAM_IDLE_TIMEOUT, close=not self.request_done
+            )
         elif self.state == RESPONDING:
             self._drop_upstream()
             self.conn.abort()
@@ -778,8 +792,6 @@ class Stream:
         if self.retry_timer is not None:
             self.retry_timer.cancel()
             self.retry_timer = None
-            if self.pool is not None:
-                self.pool.breakers.retries.release()
         if self.state == CONNECTING and self.pool is not None:
             self.pool.cancel(self._on_connected)
         if self.dns_wait is not None:
@@ -807,6 +819,9 @@ class Stream:
         if pool is not None:
             self.pool = None
             pool.breakers.requests.count -= 1
+            if self.retry_slot:
+                self.retry_slot = False
+                pool.breakers.retries.release()
         self.deadline = 0.0
         conn = self.conn
         status = self.resp_status
