@@ -4,22 +4,20 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
+from tests import shared_proxy
 from tests.helpers import (
-    check_alive,
-    module_dns_server,
-    module_proxy,
     no_ip_queries,
     parse_log_line,
     wait_for_log_line,
 )
-from tests.support.clients import RawClient, build_request
+from tests.support.clients import build_request
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer, TcpEchoServer, pattern_bytes
-from tests.support.proxy import EVENT_LOOPS, ProxyProcess
+from tests.support.proxy import ProxyProcess
 
 CONNECT_FAILURE = (
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
@@ -27,33 +25,12 @@ CONNECT_FAILURE = (
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module", params=EVENT_LOOPS)
-def proxy_loop(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer, proxy_loop: str
-) -> Iterator[ProxyProcess]:
-    with module_proxy(tmp_path_factory, dns_server, proxy_loop) as p:
-        yield p
-
-
-@pytest.fixture(autouse=True)
-def _proxy_still_alive(proxy: ProxyProcess) -> Iterator[None]:
-    yield
-    check_alive(proxy)
-
-
-def client(proxy: ProxyProcess, timeout: float = 10.0) -> RawClient:
-    return RawClient("127.0.0.1", proxy.port, timeout=timeout)
+# One DNS server and one proxy per event loop for this file (tests/shared_proxy.py).
+_proxy_still_alive = shared_proxy._proxy_still_alive
+client = shared_proxy.client
+dns_server = shared_proxy.dns_server
+proxy = shared_proxy.proxy
+proxy_loop = shared_proxy.proxy_loop
 
 
 def closed_port() -> int:

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests import shared_proxy
 from tests.helpers import (
-    check_alive,
-    module_dns_server,
     module_proxy,
     parse_log_line,
     wait_for,
@@ -27,7 +26,7 @@ from tests.helpers import (
 from tests.support.clients import IncompleteResponseError, RawClient, RawResponse, build_request
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer, TcpEchoServer
-from tests.support.proxy import EVENT_LOOPS, ProxyProcess
+from tests.support.proxy import ProxyProcess
 
 DNS_FAILURE = "DNS resolution failure"
 CONNECT_FAILURE = (
@@ -75,15 +74,11 @@ spec:
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module", params=EVENT_LOOPS)
-def proxy_loop(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+# One DNS server and one proxy per event loop for this file (tests/shared_proxy.py).
+_proxy_still_alive = shared_proxy._proxy_still_alive
+client = shared_proxy.client
+dns_server = shared_proxy.dns_server
+proxy_loop = shared_proxy.proxy_loop
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +94,6 @@ def proxy(
         log_level="info",
     ) as p:
         yield p
-
-
-@pytest.fixture(autouse=True)
-def _proxy_still_alive(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "proxy" in request.fixturenames:
-        check_alive(request.getfixturevalue("proxy"))
-
-
-def client(proxy: ProxyProcess, timeout: float = 10.0) -> RawClient:
-    return RawClient("127.0.0.1", proxy.port, timeout=timeout)
 
 
 def closed_port() -> int:

@@ -11,16 +11,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import shared_proxy
 from tests.helpers import (
     MiB,
-    check_alive,
-    module_dns_server,
-    module_proxy,
     parse_log_line,
     peak_rss_mib,
     reset_peak_rss,
@@ -28,9 +25,8 @@ from tests.helpers import (
     wait_for_log_line,
 )
 from tests.support.clients import IncompleteResponseError, RawClient, clean_env
-from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer, iter_pattern, pattern_sha256
-from tests.support.proxy import EVENT_LOOPS, ProxyProcess
+from tests.support.proxy import ProxyProcess
 
 BIG = 100 * MiB
 # Whole-body buffering of a 100 MiB body would add ~100 MiB; the proxy idles at ~30 MiB and
@@ -41,29 +37,11 @@ MAX_TOTAL_MIB = 120.0
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module", params=EVENT_LOOPS)
-def proxy_loop(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer, proxy_loop: str
-) -> Iterator[ProxyProcess]:
-    with module_proxy(tmp_path_factory, dns_server, proxy_loop) as p:
-        yield p
-
-
-@pytest.fixture(autouse=True)
-def _proxy_still_alive(proxy: ProxyProcess) -> Iterator[None]:
-    yield
-    check_alive(proxy)
+# One DNS server and one proxy per event loop for this file (tests/shared_proxy.py).
+_proxy_still_alive = shared_proxy._proxy_still_alive
+dns_server = shared_proxy.dns_server
+proxy = shared_proxy.proxy
+proxy_loop = shared_proxy.proxy_loop
 
 
 @pytest.fixture(scope="module")

@@ -324,44 +324,41 @@ def _tls(c: gs.UpstreamSslConfig) -> TlsSettings:
     )
 
 
+def _regex(text: str, flags: int, where: str, path: str, errors: _Errors) -> re.Pattern[str] | None:
+    """Compile a matcher's regex, or record the error at ``path`` and return None."""
+    try:
+        return re.compile(text, flags)
+    except re.error as exc:
+        errors.add(where, path, f"invalid regular expression: {exc} (found: {text!r})")
+        return None
+
+
 def _matcher(m: gs.Matcher, where: str, path: str, errors: _Errors) -> Matcher:
     case = True if m.case_sensitive is None else m.case_sensitive
     rx = None
     if m.regex is not None:
-        try:
-            rx = re.compile(m.regex, 0 if case else re.IGNORECASE)
-        except re.error as exc:
-            errors.add(
-                where, f"{path}.regex", f"invalid regular expression: {exc} (found: {m.regex!r})"
-            )
-    headers = []
-    for j, h in enumerate(m.headers):
-        pattern = None
-        if h.regex:
-            try:
-                pattern = re.compile(h.value)
-            except re.error as exc:
-                errors.add(
-                    where,
-                    f"{path}.headers[{j}].value",
-                    f"invalid regular expression: {exc} (found: {h.value!r})",
-                )
-        headers.append(
-            HeaderMatcher(h.name.lower().encode(), h.value, h.regex, h.invert_match, pattern)
+        rx = _regex(m.regex, 0 if case else re.IGNORECASE, where, f"{path}.regex", errors)
+    headers = [
+        HeaderMatcher(
+            h.name.lower().encode(),
+            h.value,
+            h.regex,
+            h.invert_match,
+            _regex(h.value, 0, where, f"{path}.headers[{j}].value", errors) if h.regex else None,
         )
-    query = []
-    for j, q in enumerate(m.query_parameters):
-        pattern = None
-        if q.regex:
-            try:
-                pattern = re.compile(q.value)
-            except re.error as exc:
-                errors.add(
-                    where,
-                    f"{path}.queryParameters[{j}].value",
-                    f"invalid regular expression: {exc} (found: {q.value!r})",
-                )
-        query.append(QueryMatcher(q.name, q.value, q.regex, pattern))
+        for j, h in enumerate(m.headers)
+    ]
+    query = [
+        QueryMatcher(
+            q.name,
+            q.value,
+            q.regex,
+            _regex(q.value, 0, where, f"{path}.queryParameters[{j}].value", errors)
+            if q.regex
+            else None,
+        )
+        for j, q in enumerate(m.query_parameters)
+    ]
     prefix = m.prefix
     if m.connect_matcher is None and m.exact is None and rx is None and prefix is None:
         prefix = "/"
