@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from dfproxy import __version__
+from dfproxy.config.dump import config_dump, filter_names
 from dfproxy.http.local_reply import http_date
 from dfproxy.http.status import status_line
 
@@ -46,6 +47,7 @@ class AdminServer:
             "/logging": self.logging,
             "/reset_counters": self.reset_counters,
             "/config_status": self.config_status,
+            "/config_dump": self.config_dump,
         }
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
@@ -175,6 +177,25 @@ class AdminServer:
             "config_version": self.server.config.version,
         }
         return 200, "application/json", json.dumps(info, indent=1).encode()
+
+    async def config_dump(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        """Envoy's /config_dump shape; ``resource=`` keeps one field of each dump,
+        ``name_regex=`` keeps the named items (listeners, clusters, route configs)."""
+        dump = config_dump(self.server.config, self.server.loaded_at)
+        pattern = q.get("name_regex", [None])[0]
+        if pattern:
+            try:
+                rx = re.compile(pattern)
+            except re.error as exc:
+                return 400, "text/plain", f"invalid name_regex: {exc}\n".encode()
+            dump = filter_names(dump, rx)
+        resource = q.get("resource", [None])[0]
+        if resource:
+            items = [item for config in dump["configs"] for item in config.get(resource, [])]
+            if not items and not any(resource in c for c in dump["configs"]):
+                return 404, "text/plain", f"no resource {resource!r} in the dump\n".encode()
+            dump = {"configs": items}
+        return 200, "application/json", json.dumps(dump, indent=1).encode()
 
     async def config_status(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
         return 200, "application/json", json.dumps(self.server.config_status(), indent=1).encode()

@@ -198,6 +198,10 @@ class Supervisor:
                 ctype = "text/plain"
             elif url.path == "/stats":
                 status, ctype, body = 200, "text/plain", await self._summed_stats(url.query)
+            elif url.path == "/config_dump":
+                # Every worker runs the same configuration: worker 0 answers for all.
+                status, ctype = 200, "application/json"
+                body = await self._fetch(self.workers[0].admin_port, target)
             elif url.path == "/config_status":
                 status, ctype = 200, "application/json"
                 body = await self._config_status()
