@@ -100,7 +100,7 @@ async def run(n: int, profile: bool, hosts: int) -> None:
     up_t.on_write = lambda data: pending.append(RESPONSE)
     up.request_done = True
     up.mark_idle()
-    cluster.pool.idle[(host.addresses[0][0], host.port)] = [up]
+    cluster.pool.idle[up.key] = [up]  # filed as the pool files it: (peer ip, port, TLS name)
     down = HttpConnection(listener)
     down_t = FakeTransport(("127.0.0.1", 50000))
     down.connection_made(down_t)  # type: ignore[arg-type]

@@ -295,8 +295,11 @@ def dfproxy_extras(quick: bool) -> str:
                 check=True,
             )
             out.append(res.stdout.strip().splitlines()[-1])
+        except subprocess.CalledProcessError as exc:
+            last = (exc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            out.append(f"{script} failed: {last[0]}")
         except (subprocess.SubprocessError, IndexError) as exc:
-            out.append(f"{script} failed: {exc}")
+            out.append(f"{script} failed: {type(exc).__name__}")
     return "dfproxy: " + "; ".join(out)
 
 
