@@ -20,6 +20,7 @@ from dfproxy import __version__
 from dfproxy.config.dump import config_dump, filter_names
 from dfproxy.http.local_reply import http_date
 from dfproxy.http.status import status_line
+from dfproxy.stats import BUCKETS_MS, StatsStore
 
 if TYPE_CHECKING:
     from dfproxy.server import Server
@@ -39,6 +40,7 @@ class AdminServer:
         self.routes: dict[str, Handler] = {
             "/ready": self.ready,
             "/stats": self.stats,
+            "/stats/prometheus": self.prometheus,
             "/clusters": self.clusters,
             "/dns_cache": self.dns_cache,
             "/server_info": self.server_info,
@@ -140,10 +142,41 @@ class AdminServer:
             items = [(k, v) for k, v in items if rx.search(k)]
         if "usedonly" in q:
             items = [(k, v) for k, v in items if v]
+        histograms = sorted(self.server.stats.histograms.items())
+        if pattern:
+            histograms = [(k, h) for k, h in histograms if rx.search(k)]
+        if "usedonly" in q:
+            histograms = [(k, h) for k, h in histograms if h.count]
         if q.get("format", [""])[0] == "json":
-            body = json.dumps({"stats": [{"name": k, "value": v} for k, v in items]}, indent=1)
+            body = json.dumps(
+                {
+                    "stats": [{"name": k, "value": v} for k, v in items]
+                    + [
+                        {
+                            "histograms": {
+                                "name": k,
+                                "count": h.count,
+                                "sum_ms": h.sum,
+                                "quantiles": {
+                                    "P50": h.quantile(0.5),
+                                    "P90": h.quantile(0.9),
+                                    "P99": h.quantile(0.99),
+                                },
+                            }
+                        }
+                        for k, h in histograms
+                    ]
+                },
+                indent=1,
+            )
             return 200, "application/json", body.encode()
-        return 200, "text/plain", "".join(f"{k}: {v}\n" for k, v in items).encode()
+        lines = [f"{k}: {v}\n" for k, v in items]
+        lines += [f"{k}: {h.summary()}\n" for k, h in histograms]
+        return 200, "text/plain", "".join(lines).encode()
+
+    async def prometheus(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        body = prometheus_text(self.server.stats)
+        return 200, "text/plain; version=0.0.4", body.encode()
 
     async def clusters(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
         data = self.server.clusters_view()
@@ -221,3 +254,54 @@ class AdminServer:
     async def reset_counters(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
         self.server.stats.reset_counters()
         return 200, "text/plain", b"OK\n"
+
+
+# Envoy's default tag extraction for the stat families dfproxy has: the name's second part
+# becomes a label and leaves the metric name (cluster.<name>.x -> envoy_cluster_x{...}).
+_TAGS = {
+    "cluster": "envoy_cluster_name",
+    "http": "envoy_http_conn_manager_prefix",
+    "dns_cache": "envoy_dns_cache_name",
+}
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _metric(name: str) -> tuple[str, str]:
+    head, _, rest = name.partition(".")
+    label = _TAGS.get(head)
+    if label and "." in rest:
+        value, _, stat = rest.partition(".")
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f"envoy_{head}_{_UNSAFE.sub('_', stat)}", f'{label}="{escaped}"'
+    return "envoy_" + _UNSAFE.sub("_", name), ""
+
+
+def prometheus_text(stats: StatsStore) -> str:
+    """The Prometheus text exposition format (0.0.4), one TYPE line per metric family."""
+    families: dict[str, tuple[str, list[str]]] = {}
+
+    def add(metric: str, kind: str, line: str) -> None:
+        families.setdefault(metric, (kind, []))[1].append(line)
+
+    for name, counter in stats.counters.items():
+        metric, labels = _metric(name)
+        add(metric, "counter", f"{metric}{{{labels}}} {counter.value}")
+    for name, gauge in stats.gauges.items():
+        metric, labels = _metric(name)
+        add(metric, "gauge", f"{metric}{{{labels}}} {gauge.value}")
+    for name, hist in stats.histograms.items():
+        metric, labels = _metric(name)
+        sep = "," if labels else ""
+        cumulative = 0
+        for bound, n in zip(BUCKETS_MS, hist.counts, strict=False):
+            cumulative += n
+            add(metric, "histogram", f'{metric}_bucket{{{labels}{sep}le="{bound:g}"}} {cumulative}')
+        add(metric, "histogram", f'{metric}_bucket{{{labels}{sep}le="+Inf"}} {hist.count}')
+        add(metric, "histogram", f"{metric}_sum{{{labels}}} {hist.sum:.17g}")
+        add(metric, "histogram", f"{metric}_count{{{labels}}} {hist.count}")
+    out = []
+    for metric in sorted(families):
+        kind, lines = families[metric]
+        out.append(f"# TYPE {metric} {kind}\n")
+        out.extend(line + "\n" for line in lines)
+    return "".join(out)

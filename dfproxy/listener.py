@@ -68,6 +68,7 @@ class Listener:
         self.st_rq_total = stats.counter(p + "downstream_rq_total")
         self.st_rq_class = [stats.counter(p + f"downstream_rq_{n}xx") for n in range(1, 6)]
         self.st_tunnels = stats.counter(p + "downstream_cx_upgrades_total")
+        self.st_rq_time = stats.histogram(p + "downstream_rq_time")
 
     def rename(self, name: str, stats: StatsStore) -> None:
         """A reload renamed the Gateway on this address: count under the new name from now."""

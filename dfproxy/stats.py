@@ -6,6 +6,7 @@ object it looked up once at start-up, never a dict lookup by name per request.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 
@@ -35,6 +36,75 @@ class Gauge:
         self.value = value
 
 
+# Envoy's default histogram bucket bounds, in milliseconds.
+BUCKETS_MS = (
+    0.5,
+    1,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+    300000,
+    600000,
+    1800000,
+    3600000,
+)
+
+
+class Histogram:
+    """Counts per bucket (Envoy's bounds), plus sum and count; quantiles are estimated from
+    the buckets when read."""
+
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS_MS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def record(self, ms: float) -> None:
+        self.counts[bisect_left(BUCKETS_MS, ms)] += 1
+        self.sum += ms
+        self.count += 1
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile, interpolated inside its bucket (None when empty)."""
+        if not self.count:
+            return None
+        rank = q * self.count
+        seen = 0
+        lower = 0.0
+        for i, n in enumerate(self.counts):
+            upper = BUCKETS_MS[i] if i < len(BUCKETS_MS) else lower * 2 or 1.0
+            if n and seen + n >= rank:
+                return lower + (upper - lower) * (rank - seen) / n
+            seen += n
+            lower = upper
+        return lower
+
+    def summary(self) -> str:
+        """Envoy-like /stats text: P50, P90, P99 in ms."""
+        parts = []
+        for q in (0.5, 0.9, 0.99):
+            v = self.quantile(q)
+            parts.append(f"P{int(q * 100)}({'nan' if v is None else f'{v:.3g}'})")
+        return " ".join(parts)
+
+    def reset(self) -> None:
+        self.counts = [0] * (len(BUCKETS_MS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+
 class ComputedGauge:
     """A gauge whose value is computed when read (admin), not maintained on the hot path."""
 
@@ -54,6 +124,7 @@ class StatsStore:
     def __init__(self) -> None:
         self.counters: dict[str, Counter] = {}
         self.gauges: dict[str, Gauge | ComputedGauge] = {}
+        self.histograms: dict[str, Histogram] = {}
 
     def counter(self, name: str) -> Counter:
         stat = self.counters.get(name)
@@ -65,6 +136,12 @@ class StatsStore:
         stat = self.gauges.get(name)
         if not isinstance(stat, Gauge):
             stat = self.gauges[name] = Gauge()
+        return stat
+
+    def histogram(self, name: str) -> Histogram:
+        stat = self.histograms.get(name)
+        if stat is None:
+            stat = self.histograms[name] = Histogram()
         return stat
 
     def computed_gauge(self, name: str, fn: Callable[[], int]) -> None:
@@ -83,3 +160,5 @@ class StatsStore:
     def reset_counters(self) -> None:
         for c in self.counters.values():
             c.value = 0
+        for h in self.histograms.values():
+            h.reset()

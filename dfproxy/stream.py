@@ -108,6 +108,7 @@ class Stream:
         "retry_timer",
         "try_deadline",
         "retry_slot",
+        "sent_at",
         "tunnel_eofs",
     )
 
@@ -173,6 +174,7 @@ class Stream:
         self.retry_slot = False  # holds a max_retries slot (until the stream ends)
         self.retry_timer: asyncio.TimerHandle | None = None
         self.try_deadline = 0.0
+        self.sent_at = 0.0  # when the request went upstream (upstream_rq_time)
         self.tunnel_eofs = 0
 
     # -- request helpers for filters and matchers ---------------------------------------------
@@ -326,6 +328,7 @@ class Stream:
         self.upstream = conn
         self.upstream_address = conn.address
         self.state = FORWARDING
+        self.sent_at = time.monotonic()
         conn.attach(self, self.method == b"HEAD")
         req = self.req
         if req.chunked:
@@ -815,6 +818,12 @@ class Stream:
             return
         was_tunnel = self.state == TUNNEL
         self.state = DONE
+        if not was_tunnel:
+            # Envoy's downstream_rq_time / upstream_rq_time histograms, in ms.
+            now = time.monotonic()
+            self.conn.listener.st_rq_time.record((now - self.start) * 1000.0)
+            if self.sent_at and self.pool is not None and self.resp_status:
+                self.pool.st_rq_time.record((now - self.sent_at) * 1000.0)
         pool = self.pool
         if pool is not None:
             self.pool = None

@@ -74,6 +74,7 @@ class UpstreamPool:
         self.st_cx_connect_fail = stats.counter(prefix + "upstream_cx_connect_fail")
         self.st_cx_connect_timeout = stats.counter(prefix + "upstream_cx_connect_timeout")
         self.st_rq_total = stats.counter(prefix + "upstream_rq_total")
+        self.st_rq_time = stats.histogram(prefix + "upstream_rq_time")
         self.now = time.monotonic()  # coarse clock for idle bookkeeping, set by _sweep
         self.sweep_interval = min(SWEEP_INTERVAL, idle_timeout / 4)
         self._sweeper: asyncio.TimerHandle | None = loop.call_later(
