@@ -100,6 +100,7 @@ class HttpConnection(asyncio.Protocol):
         "_head_done",
         "_head_size",
         "head_started",
+        "write_paused",
         "idle_since",
         "_corked",
         "st_tunnels",
@@ -127,6 +128,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_done = False
         self._head_size = 0
         self.head_started = 0.0  # coarse time the current request head began (0: none)
+        self.write_paused = False  # the client's write buffer is over its high-water mark
         self.idle_since = listener.now
         self._corked: list[bytes] | None = None
         self.st_tunnels = listener.st_tunnels
@@ -215,11 +217,14 @@ class HttpConnection(asyncio.Protocol):
         self.listener.connection_closed(self)
 
     def pause_writing(self) -> None:
+        # Remembered: an upstream attached later (next stream, tunnel) is paused at attach.
+        self.write_paused = True
         up = self._active_upstream()
         if up is not None and up.flow is not None:
             up.flow.pause(PEER_BACKPRESSURE)
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         up = self._active_upstream()
         if up is not None and up.flow is not None:
             up.flow.resume(PEER_BACKPRESSURE)

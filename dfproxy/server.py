@@ -16,6 +16,7 @@ from dfproxy import tasks
 from dfproxy.access_log import AccessLog
 from dfproxy.admin import AdminServer
 from dfproxy.config.model import ProxyConfig
+from dfproxy.listener import Listener
 from dfproxy.reload import ConfigWatcher
 from dfproxy.runtime import Runtime
 from dfproxy.stats import StatsStore
@@ -182,7 +183,7 @@ class Server:
             for listener in new.retired_listeners:
                 log.info("listener %s removed by the new configuration; draining", listener.name)
                 listener.start_draining()
-                loop.call_later(self.settings.drain_timeout, listener.close)
+                loop.call_later(self.settings.drain_timeout, self._retire, listener)
             for cluster in new.retired_clusters:
                 loop.call_later(self.settings.drain_timeout, cluster.close)
             old_version = self.config.version
@@ -196,6 +197,14 @@ class Server:
             if self._reload_again:
                 self._reload_again = False
                 self.request_reload()
+
+    @staticmethod
+    def _retire(listener: Listener) -> None:
+        """The drain timeout of a removed listener is over: end what is still open (its
+        timeouts stop with its sweep), as a shutdown drain does."""
+        for conn in list(listener.connections):
+            conn.abort()
+        listener.close()
 
     def config_status(self) -> dict[str, Any]:
         """The active configuration and the last rejected one (admin)."""

@@ -53,6 +53,9 @@ QUEUED, FILTERING, CONNECTING, FORWARDING, RESPONDING, TUNNEL, DONE = range(7)
 # A request body longer than this is streamed without a copy and is not retried (issue #5:
 # "a request whose body was already streamed past the replay buffer is not retried").
 REPLAY_LIMIT = 64 * 1024
+# After a local reply, up to this much of the request body is still read and dropped so the
+# connection survives; more than that, or an unknown length, and the connection closes.
+DISCARD_LIMIT = 1024 * 1024
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNKED = b"transfer-encoding: chunked\r\n"
@@ -108,6 +111,7 @@ class Stream:
         "retry_timer",
         "try_deadline",
         "retry_slot",
+        "replay_size",
         "sent_at",
         "tunnel_eofs",
     )
@@ -172,6 +176,7 @@ class Stream:
         # built again for each attempt.
         self.replay: list[bytes] | None = None
         self.retry_slot = False  # holds a max_retries slot (until the stream ends)
+        self.replay_size = 0
         self.retry_timer: asyncio.TimerHandle | None = None
         self.try_deadline = 0.0
         self.sent_at = 0.0  # when the request went upstream (upstream_rq_time)
@@ -295,6 +300,7 @@ class Stream:
             # The body may have arrived while DNS was resolving: it counts against the limit.
             buffered = self.body_buf_size
             self.replay = None if buffered > REPLAY_LIMIT else list(self.body_buf or ())
+            self.replay_size = buffered
         if self.request_done:
             self._arm_deadline()
         if not self.is_connect and self.upgrade is None:
@@ -329,7 +335,13 @@ class Stream:
         self.upstream_address = conn.address
         self.state = FORWARDING
         self.sent_at = time.monotonic()
-        conn.attach(self, self.method == b"HEAD")
+        if not conn.attach(self, self.method == b"HEAD"):
+            self.upstream = None
+            if not self._maybe_retry(connect_failure=False):
+                self.local_error(errors.UpstreamProtocolError("response before the request"))
+            return
+        if self.conn.write_paused and conn.flow is not None:
+            conn.flow.pause(PEER_BACKPRESSURE)  # the client is not reading: hold this origin
         req = self.req
         if req.chunked:
             framing = CHUNKED
@@ -384,7 +396,8 @@ class Stream:
             data = encode_chunk(data)
         replay = self.replay
         if replay is not None:
-            if sum(map(len, replay)) + len(data) > REPLAY_LIMIT:
+            self.replay_size += len(data)
+            if self.replay_size > REPLAY_LIMIT:
                 self.replay = None  # streamed past the replay buffer: no retry any more
             else:
                 replay.append(data)
@@ -566,6 +579,11 @@ class Stream:
                 )
         self.resp_headers = headers
         if status == 101:
+            if self.upgrade is None:
+                # A 101 nobody asked for (Upgrade absent, or stripped by the route): Envoy
+                # resets; a tunnel here would bypass the route's policy.
+                self._drop_upstream()
+                self.local_error(errors.UpstreamProtocolError("unsolicited 101"))
             return  # written by upstream_upgraded, after the parser hands over the tunnel
         self.state = RESPONDING
         no_body = self.method == b"HEAD" or status == 204 or status == 304
@@ -668,6 +686,8 @@ class Stream:
         self.upstream = conn
         self.upstream_address = conn.address
         self.resp_status = 200
+        if self.conn.write_paused and conn.flow is not None:
+            conn.flow.pause(PEER_BACKPRESSURE)
         # The 200 first: a server-first origin's greeting is delivered by start_tunnel().
         self.conn.write(connect_established())
         self._enter_tunnel(b"")
@@ -750,16 +770,13 @@ class Stream:
             self.flags = flag
         self._cancel_waits()
         self._drop_upstream()
-        # A request whose body has not fully arrived, a CONNECT (its bytes may be tunnel
-        # data) or a draining server: close after the reply rather than guess where the
-        # next request starts.
-        close = (
-            close
-            or not self.keep_alive
-            or not self.request_done
-            or self.is_connect
-            or self.conn.draining
+        # A CONNECT (its bytes may be tunnel data) or a draining server: close after the
+        # reply. A body still arriving is read and dropped when what is left is known and
+        # small: closing with unread bytes would reset the connection and lose the reply.
+        unread = not self.request_done and (
+            self.req.chunked or (self.req.content_length or 0) - self.bytes_in > DISCARD_LIMIT
         )
+        close = close or not self.keep_alive or unread or self.is_connect or self.conn.draining
         self.resp_status = status
         self.resp_close = close
         data = local_reply(
@@ -818,6 +835,11 @@ class Stream:
             return
         was_tunnel = self.state == TUNNEL
         self.state = DONE
+        if self.body_buf is not None:
+            # A body buffered for an upstream that never came: drop it, and read again.
+            self.body_buf = None
+            self.body_buf_size = 0
+            self.conn.flow.resume(BODY_BUFFER)
         if not was_tunnel:
             # Envoy's downstream_rq_time / upstream_rq_time histograms, in ms.
             now = time.monotonic()

@@ -294,5 +294,7 @@ class Supervisor:
             if isinstance(res, BaseException):
                 continue
             for item in json.loads(res)["stats"]:
+                if "name" not in item:
+                    continue  # histograms: per worker only for now (not merged across workers)
                 totals[item["name"]] = totals.get(item["name"], 0) + int(item["value"])
         return "".join(f"{k}: {v}\n" for k, v in sorted(totals.items())).encode()

@@ -81,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         "received_any",
         "request_done",
         "early",
+        "early_size",
         "counted",
         "tls_name",
     )
@@ -110,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = False
         self.request_done = False
         self.early: list[bytes] | None = None  # bytes that came before a stream attached
+        self.early_size = 0
         self.counted = False  # holds a slot of the connection circuit breaker
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -137,7 +139,8 @@ class UpstreamConnection(asyncio.Protocol):
                 if self.early is None:
                     self.early = []
                 self.early.append(data)
-                if self.flow is not None and sum(map(len, self.early)) > EARLY_LIMIT:
+                self.early_size += len(data)
+                if self.flow is not None and self.early_size > EARLY_LIMIT:
                     self.flow.pause(PEER_BACKPRESSURE)
                 return
             # Bytes while idle: the origin is misbehaving; the connection is unusable.
@@ -198,13 +201,17 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.sink is None and self.state != CONNECTED:
+            # A second message in the read that completed the first: not ours to relay, and
+            # the connection is now mid-message, so it must not be pooled (Envoy resets it).
+            self.close()
         self.headers = []
         self.trailers = None
         self.head_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= MAX_RESPONSE_HEADERS:
-            raise ValueError("too many response headers")
+        if len(self.headers) + (len(self.trailers) if self.trailers else 0) >= MAX_RESPONSE_HEADERS:
+            raise ValueError("too many response header and trailer fields")
         if self.head_done:
             if self.trailers is None:
                 self.trailers = []
@@ -271,16 +278,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- used by the stream ----------------------------------------------------------------------
 
-    def attach(self, sink: ResponseSink, head_request: bool) -> None:
-        """Serve one request: responses now go to ``sink``."""
+    def attach(self, sink: ResponseSink, head_request: bool) -> bool:
+        """Serve one request: responses now go to ``sink``. False (and the connection is
+        closed) when the origin sent bytes before any request: HTTP has no server-first
+        messages, so whatever came is a premature response and the connection is unusable."""
+        if self.early:
+            self.early = None
+            self.early_size = 0
+            self.close()
+            return False
         self.state = ACTIVE
         self.sink = sink
         self.head_request = head_request
         self.received_any = False
         self.request_done = False
         self.requests += 1
-        if self.early:
-            self._deliver_early()
+        return True
 
     def detach(self) -> None:
         """The stream gave up on this connection mid-exchange: it cannot be reused."""
@@ -295,6 +308,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _deliver_early(self) -> None:
         early, self.early = self.early, None
+        self.early_size = 0
         if early:
             if self.flow is not None:
                 self.flow.resume(PEER_BACKPRESSURE)

@@ -224,6 +224,12 @@ class UpstreamPool:
             self._connect_failed()
             callback(None, exc.strerror or str(exc))
             return
+        if conn.state == CLOSED or conn.transport is None:
+            # The origin closed it between connection_made and here: a failed connect, and
+            # the slot reserved for it goes back now (on_closed saw it uncounted).
+            self._connect_failed()
+            callback(None, "connection termination")
+            return
         # The slot reserved for this connect now belongs to the connection (Happy Eyeballs
         # losers never held one); on_closed() gives it back.
         conn.counted = True
