@@ -50,6 +50,7 @@ class AdminServer:
             "/reset_counters": self.reset_counters,
             "/config_status": self.config_status,
             "/config_dump": self.config_dump,
+            "/drain_listeners": self.drain_listeners,
         }
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
@@ -229,6 +230,12 @@ class AdminServer:
                 return 404, "text/plain", f"no resource {resource!r} in the dump\n".encode()
             dump = {"configs": items}
         return 200, "application/json", json.dumps(dump, indent=1).encode()
+
+    async def drain_listeners(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        """Envoy's /drain_listeners: stop accepting and let open connections finish (the
+        process keeps running; /ready then answers DRAINING)."""
+        self.server.drain_listeners()
+        return 200, "text/plain", b"OK\n"
 
     async def config_status(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
         return 200, "application/json", json.dumps(self.server.config_status(), indent=1).encode()

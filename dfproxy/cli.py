@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1:19000",
         metavar="HOST:PORT|none",
         help="admin address, or 'none' (default 127.0.0.1:19000)",
+    )
+    run.add_argument(
+        "--admin-allow-remote",
+        action="store_true",
+        help="allow an admin address that is not loopback (the admin port has no auth)",
     )
     run.add_argument(
         "--dns-resolver",
@@ -105,6 +111,15 @@ def load_config(args: argparse.Namespace) -> ProxyConfig:
     return config
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=logging.DEBUG if level == "trace" else getattr(logging, level.upper()),
@@ -125,6 +140,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("invalid configuration:\n%s", exc)
         return 2
     admin = None if args.admin == "none" else host_port(args.admin)
+    if admin is not None and not args.admin_allow_remote and not _is_loopback(admin[0]):
+        log.error(
+            "admin address %s is not loopback and the admin port has no authentication; "
+            "pass --admin-allow-remote to expose it anyway",
+            args.admin,
+        )
+        return 2
     if args.workers > 1 and args.worker_index is None:
         from dfproxy.workers import Supervisor
 

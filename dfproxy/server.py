@@ -118,6 +118,14 @@ class Server:
         await self.drain()
         return 0
 
+    def drain_listeners(self) -> None:
+        """Admin /drain_listeners: every listener stops accepting; in-flight work finishes."""
+        if self.runtime is None or self.state != "LIVE":
+            return
+        self.state = "DRAINING"
+        for _, listener in self.runtime.listeners:
+            listener.start_draining()
+
     def request_stop(self) -> None:
         if self._stop is not None:
             self._stop.set()

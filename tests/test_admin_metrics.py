@@ -51,3 +51,34 @@ def test_request_time_histograms(proxy_factory, origin: OriginServer) -> None:
     assert "downstream_rq_time: P50(" in text and "upstream_rq_time: P50(" in text
     status, body = p.admin_get("/stats?filter=rq_time&format=json")
     assert b'"histograms"' in body
+
+
+def test_drain_listeners_stops_accepting_but_keeps_running(
+    proxy_factory, origin: OriginServer
+) -> None:
+    import socket
+
+    p: ProxyProcess = proxy_factory()
+    assert p.curl(origin.url("/echo")).http_code == 200
+    status, body = p.admin_get("/drain_listeners")
+    assert (status, body) == (200, b"OK\n")
+    status, body = p.admin_get("/ready")
+    assert (status, body) == (503, b"DRAINING\n")
+    with socket.socket() as s:
+        s.settimeout(2)
+        assert s.connect_ex(("127.0.0.1", p.port)) != 0  # no longer accepting
+    assert p.poll() is None  # the process (and its admin) keeps running
+
+
+def test_non_loopback_admin_needs_an_explicit_flag() -> None:
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "dfproxy", "run", "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert res.returncode == 2
+    assert "--admin-allow-remote" in res.stderr
