@@ -50,7 +50,6 @@ class DfpCluster:
             info.addresses = [(authority.host, int(family))]
             info.resolved = True
             info.last_status = "success"
-            info.is_ip = True
             self._ip_hosts[key] = info
         return info
 

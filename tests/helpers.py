@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +169,21 @@ def reset_peak_rss(pid: int) -> bool:
 
 def peak_rss_mib(pid: int) -> float:
     return proc_status_kib(pid)["VmHWM"] / 1024
+
+
+def assert_no_traceback(proxy: ProxyProcess) -> None:
+    """The proxy never logged a traceback."""
+    err = proxy.stderr_text()
+    assert "Traceback" not in err, f"traceback in proxy stderr:\n{err[-4000:]}"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it is truthy (its value is returned) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.01)

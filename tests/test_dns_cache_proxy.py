@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import assert_no_traceback, wait_until
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer
@@ -49,21 +50,7 @@ PENDING_OVERFLOW = "Dynamic forward proxy pending request overflow"
 
 
 # ---------------------------------------------------------------------------- helpers
-def assert_clean(proxy: ProxyProcess) -> None:
-    """The proxy never logged a traceback."""
-    err = proxy.stderr_text()
-    assert "Traceback" not in err, f"traceback in proxy stderr:\n{err[-4000:]}"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+assert_clean = assert_no_traceback
 
 
 class Dfp:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests.helpers import parse_log_line, wait_for_log_line
+from tests.helpers import assert_no_traceback, parse_log_line, wait_for_log_line
+from tests.helpers import wait_until as wait_until  # re-exported for the upstream tests
 from tests.support.clients import RawClient, RawResponse
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
@@ -123,17 +123,6 @@ def breaker_gauges(p: ProxyProcess) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------- waiting
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.01)
-
-
 def log_entry(p: ProxyProcess, pattern: str, timeout: float = 5.0) -> dict[str, str]:
     """The first Envoy-format access-log entry whose line matches ``pattern``."""
     return parse_log_line(wait_for_log_line(p, pattern, timeout))
@@ -141,8 +130,7 @@ def log_entry(p: ProxyProcess, pattern: str, timeout: float = 5.0) -> dict[str, 
 
 def assert_clean(p: ProxyProcess) -> None:
     """The proxy is alive and never logged a traceback."""
-    err = p.stderr_text()
-    assert "Traceback" not in err, f"traceback in proxy stderr:\n{err[-4000:]}"
+    assert_no_traceback(p)
     assert p.running, f"proxy exited with {p.poll()}\n{p.stderr_tail(60)}"
 
 

@@ -99,7 +99,6 @@ class DnsHostInfo:
         "waiters",
         "resolving",
         "backoff",
-        "is_ip",
     )
 
     def __init__(self, key: str, port: int) -> None:
@@ -116,7 +115,6 @@ class DnsHostInfo:
         self.waiters: list[Waiter] | None = None
         self.resolving = False
         self.backoff: Backoff | None = None
-        self.is_ip = False
 
     @property
     def host(self) -> str:

@@ -76,9 +76,7 @@ class UpstreamConnection(asyncio.Protocol):
         "head_request",
         "close_after",
         "idle_since",
-        "requests",
         "flow",
-        "received_any",
         "request_done",
         "early",
         "early_size",
@@ -106,9 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_request = False
         self.close_after = False
         self.idle_since = 0.0
-        self.requests = 0
         self.flow: FlowControl | None = None
-        self.received_any = False
         self.request_done = False
         self.early: list[bytes] | None = None  # bytes that came before a stream attached
         self.early_size = 0
@@ -146,7 +142,6 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes while idle: the origin is misbehaving; the connection is unusable.
             self.close()
             return
-        self.received_any = True
         down = self.sink.conn
         down.cork()
         try:
@@ -290,9 +285,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = ACTIVE
         self.sink = sink
         self.head_request = head_request
-        self.received_any = False
         self.request_done = False
-        self.requests += 1
         return True
 
     def detach(self) -> None:
