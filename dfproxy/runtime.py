@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from typing import Any
 
+from dfproxy import policies
 from dfproxy.access_log import AccessLog
 from dfproxy.actions import DirectResponseAction, ForwardAction, RedirectAction
 from dfproxy.cluster import DfpCluster
@@ -53,6 +55,9 @@ class Runtime:
         self.stats = stats
         self.access_log = access_log
         self.clusters: dict[str, DfpCluster] = {}
+        # Objects policies share across routes and keep across reloads (a Redis client, a
+        # JWKS cache), by a key of the policy's choosing; closed at process exit.
+        self.shared: dict[str, Any] = dict(previous.shared) if previous else {}
         self.listeners: list[tuple[ListenerSpec, Listener]] = []
         self.new_listeners: list[tuple[ListenerSpec, Listener]] = []
         self.kept_routes: list[tuple[Listener, RouteTable, ListenerSpec]] = []
@@ -148,7 +153,9 @@ class Runtime:
         return cluster
 
     def _route(self, listener: ListenerSpec, spec: RouteSpec, cluster: DfpCluster | None) -> Route:
-        filters: list[HttpFilter] = []
+        filters: list[HttpFilter] = policies.build_route(
+            spec.policies, policies.BuildContext(self, listener, cluster, spec.name)
+        )
         action: object
         if spec.action == "dfp":
             if cluster is None:
@@ -220,3 +227,7 @@ class Runtime:
             listener.close()
         for cluster in self.clusters.values():
             cluster.close()
+        for obj in self.shared.values():
+            close = getattr(obj, "close", None)
+            if close is not None:
+                close()

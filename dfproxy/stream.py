@@ -203,6 +203,35 @@ class Stream:
                 return value
         return None
 
+    def set_request_header(self, lname: bytes, value: bytes, append: bool = False) -> None:
+        """Set a request header for the upstream (``lname`` lower-case): replace every value,
+        or add one more with ``append``. ``host`` sets the forwarded Host."""
+        if lname == b"host" or lname == b":authority":
+            self.host_header = value
+            return
+        forward = self.req.forward
+        if not append:
+            forward[:] = [(n, v) for n, v in forward if n.lower() != lname]
+        forward.append((lname, value))
+
+    def remove_request_header(self, lname: bytes) -> None:
+        """Remove every value of a request header (``lname`` lower-case)."""
+        forward = self.req.forward
+        forward[:] = [(n, v) for n, v in forward if n.lower() != lname]
+
+    def state_dict(self) -> dict[str, object]:
+        """Per-request filter state, made on first use."""
+        state = self.filter_state
+        if state is None:
+            state = self.filter_state = {}
+        return state
+
+    def resume_filters(self) -> None:
+        """A request filter that paused (returned STOP to wait) lets the chain go on with
+        the filter after it. Does nothing once the stream has answered or gone."""
+        if self.state == FILTERING and self.dns_wait is None:
+            self._run_filters(self.filter_index + 1)
+
     def path_text(self) -> str:
         return self.path.decode("latin-1")
 
@@ -273,6 +302,11 @@ class Stream:
             self.local_error(errors.DnsResolutionFailure("no host"))
             return
         host.last_used = self.start
+        route = self.route
+        if route is not None and route.chain.upstream_host:
+            for f in route.chain.upstream_host:
+                if f.on_upstream_host(self) == F.STOP or self.state == DONE:
+                    return
         listener = self.conn.listener
         if host.port in listener.own_ports and listener.is_self(
             host.addresses[0][0], host.port, self.conn.local_ip
@@ -289,7 +323,6 @@ class Stream:
             return
         requests.count += 1
         self.pool = pool  # the slot is given back in _finish()
-        route = self.route
         if (
             route is not None
             and route.retry is not None

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from dfproxy import policies
 from dfproxy.config import gloo_schema as gs
 from dfproxy.config.model import (
     CircuitBreakers,
@@ -513,6 +514,33 @@ DEFAULT_GATEWAY = gs.Gateway.model_validate(
 )
 
 
+def _compile_policies(
+    gdoc: Document, services: Sequence[Document], vhosts: Sequence[VirtualHostSpec], errors: _Errors
+) -> None:
+    """Compile each route's policies (JWT, transformations, ...) against the options it
+    inherits from this gateway, its virtual host and itself (dfproxy.policies)."""
+    spec: gs.GatewaySpec = gdoc.resource.spec
+    hg = spec.http_gateway
+    gateway_options = getattr(spec, "options", None)
+    listener_options = hg.options if hg is not None else None
+    for index, vh in enumerate(vhosts):
+        vs_doc = services[index] if index < len(services) else None
+        gvh = vs_doc.resource.spec.virtual_host if vs_doc is not None else None
+        for i, r in enumerate(vh.routes):
+            gr = gvh.routes[i] if gvh is not None and i < len(gvh.routes) else None
+            levels = policies.Levels(
+                gateway=gateway_options,
+                listener=listener_options,
+                gateway_where=gdoc.where,
+                vhost=gvh.options if gvh is not None else None,
+                route=gr.options if gr is not None else None,
+                vs_where=vs_doc.where if vs_doc is not None else "",
+                route_index=i if gr is not None else -1,
+                route_name=r.name,
+            )
+            r.policies = policies.compile_route(levels, errors)
+
+
 def translate(
     docs: Sequence[Document], complete: bool = True
 ) -> tuple[ProxyConfig | None, list[str]]:
@@ -597,6 +625,7 @@ def translate(
                         f"{gw.metadata.name}",
                     )
                 domains[dom] = s.where
+        _compile_policies(gdoc, selected if services else [], vhosts, errors)
         for s, vh in zip(selected, vhosts, strict=False) if complete else ():
             for i, r in enumerate(vh.routes):
                 if r.action == "dfp" and dfp is None:

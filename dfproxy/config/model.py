@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from dfproxy.dns.cache import DnsCacheConfig
 from dfproxy.dns.resolver import ResolverOptions
@@ -69,6 +70,8 @@ class RouteSpec:
     request_headers_to_remove: list[str] = field(default_factory=list)
     response_headers_to_add: list[tuple[str, str, bool]] = field(default_factory=list)
     response_headers_to_remove: list[str] = field(default_factory=list)
+    # Compiled policies by name (dfproxy.policies): JWT, transformations, DLP, ...
+    policies: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

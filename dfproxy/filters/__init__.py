@@ -1,7 +1,11 @@
 """HTTP filters in Envoy's model: ordered, each may continue, pause, or answer locally.
 
 A filter is a config-time object shared by every request of the routes it is attached to;
-per-request state lives on the Stream (``stream.filter_state``). A chain keeps, per hook,
+per-request state lives on the Stream (``stream.filter_state``, a dict made on first use:
+``stream.state_dict()``; the JWT filter leaves the verified payload under ``"jwt_payload"``
+for later filters). A request filter that must wait (a key fetch, an authorization call)
+returns STOP and later calls ``stream.resume_filters()``, or answers with
+``stream.send_local_reply`` / ``stream.local_error``. A chain keeps, per hook,
 only the filters that implement it, so a hook nobody implements costs one empty-tuple test.
 """
 
@@ -25,6 +29,11 @@ class HttpFilter:
     def on_request_headers(self, stream: Stream) -> int:
         return CONTINUE
 
+    def on_upstream_host(self, stream: Stream) -> int:
+        """After DNS, before any connect: ``stream.host`` holds the resolved addresses (also
+        for IP literals and CONNECT). STOP after answering locally refuses the destination."""
+        return CONTINUE
+
     def on_response_headers(self, stream: Stream) -> int:
         return CONTINUE
 
@@ -35,12 +44,15 @@ class HttpFilter:
 class FilterChain:
     """The filters of one route, split per hook at config load."""
 
-    __slots__ = ("filters", "request_headers", "response_headers", "response_body")
+    __slots__ = ("filters", "request_headers", "upstream_host", "response_headers", "response_body")
 
     def __init__(self, filters: Sequence[HttpFilter]) -> None:
         self.filters = tuple(filters)
         self.request_headers = tuple(
             f for f in filters if type(f).on_request_headers is not HttpFilter.on_request_headers
+        )
+        self.upstream_host = tuple(
+            f for f in filters if type(f).on_upstream_host is not HttpFilter.on_upstream_host
         )
         self.response_headers = tuple(
             f for f in filters if type(f).on_response_headers is not HttpFilter.on_response_headers
