@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from dfproxy.filters import HttpFilter
     from dfproxy.runtime import Runtime
 
-# Modules that define a ``POLICY`` (a Policy instance), in request-chain order.
+# Where each Policy instance is, as "module" (its ``POLICY``) or "module:NAME", in
+# request-chain order.
 _MODULES: tuple[str, ...] = ()
 
 
@@ -98,7 +99,11 @@ def registered() -> tuple[Policy, ...]:
     """Every policy, in chain order (imported on first use)."""
     global _registered
     if _registered is None:
-        _registered = tuple(importlib.import_module(m).POLICY for m in _MODULES)
+        found = []
+        for entry in _MODULES:
+            module, _, attr = entry.partition(":")
+            found.append(getattr(importlib.import_module(module), attr or "POLICY"))
+        _registered = tuple(found)
     return _registered
 
 
