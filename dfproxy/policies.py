@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 
 # Where each Policy instance is, as "module" (its ``POLICY``) or "module:NAME", in
 # request-chain order.
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = (
+    "dfproxy.filters.proxy_auth",  # first: who the client is, before anything else runs
+    "dfproxy.filters.ext_authz",  # after JWT (authN), before RBAC and rate limits
+)
 
 
 class Report(Protocol):

@@ -818,6 +818,7 @@ class Stream:
             close=close,
             head=self.method == b"HEAD",
             extra_headers=extra_headers,
+            content_type=content_type or b"text/plain",
         )
         self.bytes_out += 0 if self.method == b"HEAD" else len(body)
         self.state = RESPONDING

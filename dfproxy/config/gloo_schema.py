@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dfproxy.config.schema.extauth import ExtAuthExtension
+from dfproxy.config.schema.extauth import Settings as ExtAuthSettings
+from dfproxy.config.schema.proxy_auth import ProxyAuthOverride, ProxyAuthSettings
 from dfproxy.config.schema_base import Duration, Model, parse_duration
 
 __all__ = ["Duration", "Model", "parse_duration"]
@@ -197,6 +200,8 @@ class HttpConnectionManagerSettings(Model):
 class HttpListenerOptions(Model):
     dynamic_forward_proxy: DynamicForwardProxy | None = None
     http_connection_manager_settings: HttpConnectionManagerSettings | None = None
+    extauth: ExtAuthSettings | None = None
+    proxy_auth: ProxyAuthSettings | None = None  # dfproxy extension
 
 
 class ResourceRef(Model):
@@ -371,6 +376,8 @@ class RouteOptions(Model):
     host_rewrite: str | None = None
     header_manipulation: HeaderManipulation | None = None
     retries: RetryPolicy | None = None
+    extauth: ExtAuthExtension | None = None
+    proxy_auth: ProxyAuthOverride | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -409,6 +416,8 @@ class Route(Model):
 
 class VirtualHostOptions(Model):
     header_manipulation: HeaderManipulation | None = None
+    extauth: ExtAuthExtension | None = None
+    proxy_auth: ProxyAuthOverride | None = None
 
 
 class VirtualHost(Model):
@@ -439,7 +448,6 @@ NOT_SUPPORTED: dict[str, str] = {
     "transformations": "transformations are not supported yet",
     "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",
     "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
-    "extauth": "external authorization (options.extauth) is not supported yet",
     "rbac": "RBAC (options.rbac) is not supported yet",
     "delegateAction": "delegateAction (route delegation) is not supported yet",
 }

@@ -41,6 +41,8 @@ class RequestHeaders(NamedTuple):
     upgrade: bytes | None  # the Upgrade token when Connection lists "upgrade"
     expect_continue: bool
     close: bool  # Connection: close was sent
+    # Proxy-Authorization (hop-by-hop, never forwarded), kept for the proxy_auth filter.
+    proxy_authorization: bytes | None = None
 
 
 class ResponseHeaders(NamedTuple):
@@ -90,7 +92,7 @@ def _content_length(value: bytes, current: int | None) -> int:
 # Header name -> what the proxy does with it, memoised by the exact bytes received. Most
 # traffic repeats a few spellings ("Content-Length", "content-length"), so the .lower() and
 # the set lookups happen once per spelling, not once per header (bench/hotpath.py).
-PLAIN, LENGTH, TRANSFER, CONNECTION, UPGRADE, HOST, EXPECT, HOP = range(8)
+PLAIN, LENGTH, TRANSFER, CONNECTION, UPGRADE, HOST, EXPECT, HOP, PROXY_AUTH = range(9)
 _KINDS = {
     b"content-length": LENGTH,
     b"transfer-encoding": TRANSFER,
@@ -99,6 +101,7 @@ _KINDS = {
     b"upgrade": UPGRADE,
     b"host": HOST,
     b"expect": EXPECT,
+    b"proxy-authorization": PROXY_AUTH,
 }
 _FORWARDED_IN_RESPONSES = frozenset({PLAIN, HOST, EXPECT})
 _kind_cache: dict[bytes, int] = {}
@@ -138,6 +141,7 @@ def classify_request(raw: Headers) -> RequestHeaders:
     connection: list[bytes] = []
     upgrade: bytes | None = None
     expect = False
+    proxy_auth: bytes | None = None
     for header in raw:
         kind = _kind_cache.get(header[0])
         if kind is None:
@@ -164,6 +168,8 @@ def classify_request(raw: Headers) -> RequestHeaders:
                 expect = True
             else:
                 forward.append(header)
+        elif kind == PROXY_AUTH and proxy_auth is None:
+            proxy_auth = header[1]  # the first, as any single-valued field
     close = False
     if not connection:
         upgrade = None
@@ -178,7 +184,7 @@ def classify_request(raw: Headers) -> RequestHeaders:
             close, upgrading = b"close" in tokens, b"upgrade" in tokens
         if not upgrading:
             upgrade = None
-    return RequestHeaders(forward, host, length, chunked, upgrade, expect, close)
+    return RequestHeaders(forward, host, length, chunked, upgrade, expect, close, proxy_auth)
 
 
 def classify_response(raw: Headers) -> ResponseHeaders:

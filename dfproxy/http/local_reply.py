@@ -30,6 +30,7 @@ def local_reply(
     close: bool = False,
     head: bool = False,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"text/plain",
 ) -> bytes:
     """A complete ``text/plain`` response with Content-Length (Envoy ``prepareLocalReply``).
 
@@ -40,7 +41,7 @@ def local_reply(
         b"content-length: %d\r\n" % len(body),
     ]
     if body:
-        lines.append(b"content-type: text/plain\r\n")
+        lines.append(b"content-type: " + content_type + b"\r\n")
     lines.append(b"date: " + http_date() + b"\r\n")
     lines.append(b"server: " + SERVER + b"\r\n")
     if extra_headers:

@@ -178,6 +178,7 @@ async def _exchange(
     headers: Headers,
     body: bytes,
     max_body: int,
+    host_header: str | None = None,
 ) -> Response:
     host = await _host(cluster, authority)
     conn = await _connection(cluster, host)
@@ -187,7 +188,8 @@ async def _exchange(
     if not conn.attach(sink, method == b"HEAD"):
         raise ClientError("upstream sent bytes before the request")
     sink.upstream = conn
-    lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, target, authority.encode())]
+    host_value = (host_header or authority).encode("latin-1")
+    lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, target, host_value)]
     lines.extend(b"%s: %s\r\n" % (n, v) for n, v in headers)
     if body or method in (b"POST", b"PUT", b"PATCH"):
         lines.append(b"content-length: %d\r\n" % len(body))
@@ -211,9 +213,11 @@ async def fetch(
     body: bytes = b"",
     time_limit: float = 5.0,
     max_body: int = MAX_BODY,
+    host_header: str | None = None,
 ) -> Response:
     """Send one request to ``url`` (``http://host[:port]/path``; ``https://`` when the
     cluster originates TLS) through ``cluster`` and return the whole response.
+    ``host_header`` replaces the Host value (the URL's authority still says where to go).
 
     Raises ClientError on any failure, including the timeout."""
     parts = urlsplit(url)
@@ -228,7 +232,14 @@ async def fetch(
     try:
         return await asyncio.wait_for(
             _exchange(
-                cluster, method, parts.netloc, target.encode(), headers or [], body, max_body
+                cluster,
+                method,
+                parts.netloc,
+                target.encode(),
+                headers or [],
+                body,
+                max_body,
+                host_header,
             ),
             time_limit,
         )

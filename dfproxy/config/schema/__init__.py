@@ -1,0 +1,1 @@
+"""Config schema models of the policies, one module per option family."""
