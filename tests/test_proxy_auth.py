@@ -21,9 +21,8 @@ from dfproxy.config.gloo import ConfigError, load_paths
 from tests.helpers import assert_no_traceback, check_alive, module_dns_server, module_proxy
 from tests.support.clients import RawClient, curl
 from tests.support.dns_server import DNSTestServer
-from tests.support.origin import OriginServer, TcpEchoServer
-from tests.support.proxy import ProxyProcess
-from tests.test_reload import stats
+from tests.support.origin import OriginServer
+from tests.support.proxy import EVENT_LOOPS, ProxyProcess
 
 ALICE_PW = "wonder land"  # bcrypt entry ($2y$, cost 4: fast tests)
 BOB_PW = "b0b"  # {SHA} entry
@@ -109,9 +108,11 @@ def shared_origin() -> Iterator[OriginServer]:
     assert not server.errors, server.errors
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=EVENT_LOOPS)
 def auth_proxy(
-    tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    dns_server: DNSTestServer,
 ) -> Iterator[ProxyProcess]:
     d = tmp_path_factory.mktemp("proxyauth")
     htpasswd = d / "htpasswd"
@@ -120,7 +121,7 @@ def auth_proxy(
     )
     path = d / "gw.yaml"
     path.write_text(config(htpasswd))
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns_server, request.param, "-c", str(path)) as p:
         yield p
         assert_no_traceback(p)
 
@@ -129,6 +130,17 @@ def auth_proxy(
 def proxy(auth_proxy: ProxyProcess) -> Iterator[ProxyProcess]:
     yield auth_proxy
     check_alive(auth_proxy)
+
+
+def stats(p: ProxyProcess) -> dict[str, int]:
+    status, body = p.admin_get("/stats")
+    assert status == 200
+    out: dict[str, int] = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.rpartition(": ")
+        if name and value.lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
 
 
 def test_bcrypt_sha_and_static_users_are_accepted(
