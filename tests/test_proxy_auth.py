@@ -8,17 +8,34 @@ touch the other tests' 127.0.0.1).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
+import signal
 import textwrap
-from collections.abc import Iterator
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
 
+from dfproxy.auth.htpasswd import PasswordHash, parse_hash
 from dfproxy.config.gloo import ConfigError, load_paths
-from tests.helpers import assert_no_traceback, check_alive, module_dns_server, module_proxy
+from dfproxy.filters import CONTINUE, STOP, proxy_auth
+from dfproxy.filters.proxy_auth import ProxyAuthConfig, ProxyAuthFilter
+from dfproxy.stats import StatsStore
+from dfproxy.stream import DONE, FILTERING
+from tests.helpers import (
+    assert_no_traceback,
+    check_alive,
+    module_dns_server,
+    module_proxy,
+    wait_until,
+)
 from tests.support.clients import RawClient, curl
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer
@@ -315,3 +332,103 @@ def test_missing_file_and_bad_static_hash_are_config_errors(tmp_path: Path) -> N
     assert any("proxyAuth.users[0].passwordHash" in e and "apr1" in e for e in errors), errors
     errors = load_errors(tmp_path, "realm: r\n")
     assert any("needs htpasswdFile or users" in e for e in errors), errors
+
+
+# ---------------------------------------------------------------------------- reload
+def test_reload_after_an_htpasswd_edit_drops_the_old_password(
+    proxy_factory: Callable[..., ProxyProcess], tmp_path: Path, origin: OriginServer
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"bob:{sha_entry('old')}\n")
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(config(htpasswd))
+    p = proxy_factory("-c", str(cfg))
+    url = f"http://x.test:{origin.port}/echo"
+    with RawClient("127.0.0.1", p.port) as c:
+        assert c.request("GET", url, {"Proxy-Authorization": basic("bob", "old")}).status == 200
+        version = active_version(p)
+        htpasswd.write_text(f"bob:{sha_entry('new')}\n")  # the config file is unchanged
+        p.send_signal(signal.SIGHUP)
+        wait_until(lambda: active_version(p) != version, what="a reload")
+        # Same connection, same bytes as the cached credential: checked against the new hash.
+        assert c.request("GET", url, {"Proxy-Authorization": basic("bob", "old")}).status == 407
+        assert c.request("GET", url, {"Proxy-Authorization": basic("bob", "new")}).status == 200
+
+
+def active_version(p: ProxyProcess) -> str:
+    status, body = p.admin_get("/config_status")
+    assert status == 200
+    return str(json.loads(body)["active"]["version"])
+
+
+# ---------------------------------------------------------------------------- in-process
+class FakeStream:
+    """What the filter touches on a Stream; records the local reply or the resumption."""
+
+    def __init__(self, credential: str | None, peer: str = "10.0.0.1:1000") -> None:
+        self.start = time.monotonic()
+        self.conn = types.SimpleNamespace(peer=peer)
+        self.req = types.SimpleNamespace(
+            proxy_authorization=credential.encode() if credential else None
+        )
+        self.method, self.target, self.details = b"GET", b"http://x/", ""
+        self.state = FILTERING
+        self.filter_state: dict[str, object] = {}
+        self.reply: tuple[int, bytes] | None = None
+        self.resumed = False
+
+    def state_dict(self) -> dict[str, object]:
+        return self.filter_state
+
+    def send_local_reply(self, status: int, body: bytes, **kw: object) -> None:
+        self.reply = (status, body)
+        self.state = DONE
+
+    def resume_filters(self) -> None:
+        self.resumed = True
+
+
+def test_bcrypt_checks_are_shared_per_credential_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = threading.Event()
+    calls: list[bytes] = []
+
+    def slow_verify(stored: PasswordHash, password: bytes) -> bool:
+        calls.append(password)
+        gate.wait(10)
+        return password == b"right"
+
+    monkeypatch.setattr(proxy_auth, "verify", slow_verify)
+    stored = parse_hash(bcrypt_entry("right"))
+    cfg = ProxyAuthConfig("r", {"u": stored}, 5, 60.0, 100, 5.0, 100, max_pending=1)
+    shared, executor = proxy_auth._Shared(cfg), proxy_auth._Executor()
+    f = ProxyAuthFilter(cfg, shared, executor, StatsStore(), "t.")
+
+    async def scenario() -> list[FakeStream]:
+        first, same = FakeStream(basic("u", "right")), FakeStream(basic("u", "right"))
+        other = FakeStream(basic("u", "wrong"))
+        assert f.on_request_headers(first) == STOP  # type: ignore[arg-type]
+        assert f.on_request_headers(same) == STOP  # type: ignore[arg-type]
+        assert f.on_request_headers(other) == STOP  # type: ignore[arg-type]
+        assert other.reply is not None and other.reply[0] == 503  # maxPendingChecks: 1
+        gate.set()
+        await wait_async(lambda: first.resumed and same.resumed)
+        return [first, same]
+
+    try:
+        streams = asyncio.run(scenario())
+    finally:
+        executor.close()
+    assert calls == [b"right"]  # one bcrypt run for both requests
+    assert all(s.filter_state == {"proxy_user": "u"} for s in streams)
+    # Now cached: answered inline, no thread.
+    again = FakeStream(basic("u", "right"))
+    assert f.on_request_headers(again) == CONTINUE  # type: ignore[arg-type]
+    assert calls == [b"right"]
+
+
+async def wait_async(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5.0):
+        while not predicate():
+            await asyncio.sleep(0.005)

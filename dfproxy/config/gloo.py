@@ -96,6 +96,20 @@ def _files(paths: Iterable[str]) -> list[str]:
     return out
 
 
+def _policy_files(config: ProxyConfig) -> list[str]:
+    """Files the compiled policies read (``source_files``, e.g. an htpasswd file): part of
+    the version, so that SIGHUP after editing one reloads it."""
+    found = {
+        name
+        for spec in config.listeners
+        for vh in spec.virtual_hosts
+        for route in vh.routes
+        for compiled in route.policies.values()
+        for name in getattr(compiled, "source_files", ())
+    }
+    return sorted(found)
+
+
 def _format_loc(loc: Sequence[int | str]) -> str:
     out = ""
     for part in loc:
@@ -236,7 +250,7 @@ def load_paths(paths: Iterable[str]) -> ProxyConfig:
         raise ConfigError(errors)
     assert config is not None
     digest = hashlib.sha256()
-    for path in _files(paths):
+    for path in _files(paths) + _policy_files(config):
         with open(path, "rb") as f:
             digest.update(f.read())
     config.version = digest.hexdigest()[:16]

@@ -63,6 +63,7 @@ class ProxyAuthConfig:
     cache_ttl: float
     cache_max: int
     max_pending: int
+    source_files: tuple[str, ...] = ()  # in the config version: SIGHUP reloads an edit
 
     def __hash__(self) -> int:
         return id(self)
@@ -78,7 +79,10 @@ class _Shared:
         self.verified: TtlCache[bytes, tuple[str, PasswordHash]] = TtlCache(
             config.cache_ttl, config.cache_max
         )
-        self.pending = 0
+        self.pending = 0  # bcrypt checks queued or running
+        # Credential bytes -> the requests waiting for its check: a burst of connections
+        # with the same credential (a browser opens six) costs one bcrypt run.
+        self.inflight: dict[bytes, tuple[PasswordHash, list[tuple[Stream, str]]]] = {}
 
     def configure(self, config: ProxyAuthConfig) -> None:
         self.failures.configure(config.max_failures, config.window, config.max_tracked)
@@ -149,41 +153,54 @@ class ProxyAuthFilter(HttpFilter):
                 return self._allow(stream, user)
             self._fail(stream, address, now)
             return STOP
+        waiting = shared.inflight.get(key)
+        if waiting is not None and waiting[0] == stored:
+            waiting[1].append((stream, address))  # the same credential is being checked
+            return STOP
         if shared.pending >= self.config.max_pending:
             self.st_overloaded.value += 1
             self._refuse(stream, 503, BUSY, "proxy_auth_overloaded", address)
             return STOP
         shared.pending += 1
+        waiters = [(stream, address)]
+        if waiting is None:  # else a reload changed the hash: this check answers its own
+            shared.inflight[key] = (stored, waiters)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor.pool, verify, stored, password)
-        future.add_done_callback(
-            lambda f: self._checked(f, stream, key, user, stored, address, now)
-        )
+        future.add_done_callback(lambda f: self._checked(f, key, user, stored, now, waiters))
         return STOP
 
     def _checked(
         self,
         future: asyncio.Future[bool],
-        stream: Stream,
         key: bytes,
         user: str,
         stored: PasswordHash,
-        address: str,
         now: float,
+        waiters: list[tuple[Stream, str]],
     ) -> None:
-        self.shared.pending -= 1
-        if stream.state == DONE:
-            return  # the client went away meanwhile
-        if future.cancelled() or future.exception() is not None:
+        """A bcrypt check finished: answer every request that waited for it."""
+        shared = self.shared
+        shared.pending -= 1
+        entry = shared.inflight.get(key)
+        if entry is not None and entry[1] is waiters:
+            del shared.inflight[key]
+        failed = future.cancelled() or future.exception() is not None
+        if failed:
             log.error("password check failed: %r", future.cancelled() or future.exception())
-            self._refuse(stream, 503, BUSY, "proxy_auth_check_failed", address)
-            return
-        if future.result():
-            self.shared.verified.put(key, (user, stored), now)
-            self._allow(stream, user)
-            stream.resume_filters()
-        else:
-            self._fail(stream, address, now)
+        ok = not failed and future.result()
+        if ok:
+            shared.verified.put(key, (user, stored), now)
+        for stream, address in waiters:
+            if stream.state == DONE:
+                continue  # the client went away meanwhile
+            if failed:
+                self._refuse(stream, 503, BUSY, "proxy_auth_check_failed", address)
+            elif ok:
+                self._allow(stream, user)
+                stream.resume_filters()
+            else:
+                self._fail(stream, address, now)
 
     def _allow(self, stream: Stream, user: str) -> int:
         self.st_allowed.value += 1
@@ -285,6 +302,7 @@ class ProxyAuthPolicy:
             cache_ttl=settings.cache.ttl,
             cache_max=settings.cache.max_entries,
             max_pending=settings.max_pending_checks,
+            source_files=(settings.htpasswd_file,) if settings.htpasswd_file else (),
         )
 
     def build(self, compiled: ProxyAuthConfig, ctx: BuildContext) -> Sequence[HttpFilter]:
