@@ -376,6 +376,7 @@ class FakeStream:
         self.filter_state: dict[str, object] = {}
         self.reply: tuple[int, bytes] | None = None
         self.resumed = False
+        self.on_resume: Callable[[], None] = lambda: None
 
     def state_dict(self) -> dict[str, object]:
         return self.filter_state
@@ -386,6 +387,7 @@ class FakeStream:
 
     def resume_filters(self) -> None:
         self.resumed = True
+        self.on_resume()
 
 
 def test_bcrypt_checks_are_shared_per_credential_and_bounded(
@@ -412,8 +414,16 @@ def test_bcrypt_checks_are_shared_per_credential_and_bounded(
         assert f.on_request_headers(same) == STOP  # type: ignore[arg-type]
         assert f.on_request_headers(other) == STOP  # type: ignore[arg-type]
         assert other.reply is not None and other.reply[0] == 503  # maxPendingChecks: 1
+        both = asyncio.Event()
+
+        def resumed() -> None:
+            if first.resumed and same.resumed:
+                both.set()
+
+        first.on_resume = same.on_resume = resumed
         gate.set()
-        await wait_async(lambda: first.resumed and same.resumed)
+        async with asyncio.timeout(5.0):
+            await both.wait()
         return [first, same]
 
     try:
@@ -426,9 +436,3 @@ def test_bcrypt_checks_are_shared_per_credential_and_bounded(
     again = FakeStream(basic("u", "right"))
     assert f.on_request_headers(again) == CONTINUE  # type: ignore[arg-type]
     assert calls == [b"right"]
-
-
-async def wait_async(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5.0):
-        while not predicate():
-            await asyncio.sleep(0.005)
