@@ -344,3 +344,5 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         "{serverUri: 'http://127.0.0.1:1', httpService: {request: {allowedHeadersRegex: ['(']}}}",
     )
     assert "allowedHeadersRegex[0]" in text
+    text = errors_of(tmp_path, "{serverUri: 'https://127.0.0.1:1'}")
+    assert "extauth.serverUri: https:// needs a dynamicForwardProxy with sslConfig" in text

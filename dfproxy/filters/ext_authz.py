@@ -209,11 +209,23 @@ class ExtAuthzPolicy:
 
     def _compile(self, s: Settings, levels: Levels, report: Report) -> CheckConfig | None:
         where, path = levels.gateway_where, levels.listener_path + ".extauth"
-        if getattr(levels.listener, "dynamic_forward_proxy", None) is None:
+        dfp = getattr(levels.listener, "dynamic_forward_proxy", None)
+        if dfp is None:
             report.add(
                 where,
                 path,
                 "needs httpGateway.options.dynamicForwardProxy: the check goes through its cluster",
+            )
+            return None
+        https = (s.server_uri or "").startswith("https://")
+        if https != (dfp.ssl_config is not None):
+            # The check uses the listener's DFP cluster, which either always originates TLS
+            # (sslConfig) or never does.
+            report.add(
+                where,
+                path + ".serverUri",
+                f"{'https' if https else 'http'}:// needs a dynamicForwardProxy "
+                f"{'with' if https else 'without'} sslConfig (the check goes through it)",
             )
             return None
         http = s.http_service
