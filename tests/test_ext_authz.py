@@ -346,3 +346,17 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     assert "allowedHeadersRegex[0]" in text
     text = errors_of(tmp_path, "{serverUri: 'https://127.0.0.1:1'}")
     assert "extauth.serverUri: https:// needs a dynamicForwardProxy with sslConfig" in text
+
+
+def test_request_body_waits_for_the_decision(
+    proxy: ProxyProcess, auth_server: AuthServer, shared_origin: OriginServer
+) -> None:
+    body = bytes(range(256)) * 1000
+    with RawClient("127.0.0.1", proxy.port) as c:
+        r = c.request(
+            "POST", f"http://app.test:{shared_origin.port}/upload", {"X-Decision": "allow"}, body
+        )
+    assert r.status == 200, r.text
+    assert r.json()["length"] == len(body)
+    (check,) = auth_server.requests
+    assert (check.method, check.header("content-length"), check.body_length) == ("POST", "0", 0)

@@ -44,6 +44,7 @@ from tests.support.proxy import EVENT_LOOPS, ProxyProcess
 ALICE_PW = "wonder land"  # bcrypt entry ($2y$, cost 4: fast tests)
 BOB_PW = "b0b"  # {SHA} entry
 CAROL_PW = "carol-pw"  # static user list, bcrypt $2b$
+ERIN_PW = "erin-pw"  # bcrypt, used by one test only (never cached before it runs)
 
 
 def sha_entry(password: str) -> str:
@@ -135,6 +136,7 @@ def auth_proxy(
     htpasswd = d / "htpasswd"
     htpasswd.write_text(
         f"# test users\nalice:{bcrypt_entry(ALICE_PW)}\n\nbob:{sha_entry(BOB_PW)}\n"
+        f"erin:{bcrypt_entry(ERIN_PW)}\n"
     )
     path = d / "gw.yaml"
     path.write_text(config(htpasswd))
@@ -436,3 +438,15 @@ def test_bcrypt_checks_are_shared_per_credential_and_bounded(
     again = FakeStream(basic("u", "right"))
     assert f.on_request_headers(again) == CONTINUE  # type: ignore[arg-type]
     assert calls == [b"right"]
+
+
+def test_request_body_waits_for_the_bcrypt_check(
+    proxy: ProxyProcess, shared_origin: OriginServer
+) -> None:
+    body = b"x" * 300_000
+    with RawClient("127.0.0.1", proxy.port) as c:
+        # A password no other test sends: not cached, so the check runs in the thread pool.
+        headers = {"Proxy-Authorization": basic("erin", ERIN_PW)}
+        r = c.request("POST", f"http://x.test:{shared_origin.port}/upload", headers, body)
+    assert r.status == 200, r.text
+    assert r.json()["length"] == len(body)
