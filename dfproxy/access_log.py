@@ -42,6 +42,7 @@ class LogEntry:
     upstream_address: str | None = None
     details: str | None = None
     downstream_remote_address: str | None = None
+    proxy_user: str | None = None  # set by the proxy_auth filter
 
 
 def _iso(ts: float) -> str:
@@ -81,6 +82,7 @@ def format_json(e: LogEntry) -> str:
                 "upstream_host": e.upstream_host,
                 "upstream_address": e.upstream_address,
                 "downstream_remote_address": e.downstream_remote_address,
+                "proxy_user": e.proxy_user,
             },
             separators=(",", ":"),
         )

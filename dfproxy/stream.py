@@ -906,6 +906,7 @@ class Stream:
             elif lname == b"x-request-id":
                 request_id = value.decode("latin-1")
         host = self.host
+        user = self.filter_state.get("proxy_user") if self.filter_state else None
         return LogEntry(
             start_time=time.time() - (time.monotonic() - self.start),
             method=self.method.decode("latin-1"),
@@ -925,6 +926,7 @@ class Stream:
             upstream_address=self.upstream_address or None,
             details=self.details or None,
             downstream_remote_address=self.conn.peer or None,
+            proxy_user=user if isinstance(user, str) else None,
         )
 
 

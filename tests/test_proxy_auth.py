@@ -450,3 +450,19 @@ def test_request_body_waits_for_the_bcrypt_check(
         r = c.request("POST", f"http://x.test:{shared_origin.port}/upload", headers, body)
     assert r.status == 200, r.text
     assert r.json()["length"] == len(body)
+
+
+def test_access_log_shows_the_proxy_user(
+    proxy_factory: Callable[..., ProxyProcess], tmp_path: Path, origin: OriginServer
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"bob:{sha_entry(BOB_PW)}\n")
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(config(htpasswd))
+    p = proxy_factory("-c", str(cfg), "--access-log-format", "json")
+    assert p.curl("--proxy-user", f"bob:{BOB_PW}", origin.url("/echo")).http_code == 200
+    assert p.curl(origin.url("/echo")).http_code == 407
+    p.wait_for_access_log(2)
+    entries = p.access_log_json()
+    assert [(e["response_code"], e["proxy_user"]) for e in entries] == [(200, "bob"), (407, None)]
+    assert entries[1]["response_code_details"] == "proxy_auth_missing_credentials"
