@@ -1,0 +1,1 @@
+"""Gloo option schemas of the policies (one module per policy family)."""
