@@ -7,7 +7,9 @@ import base64
 import functools
 import hashlib
 import hmac
+import http.server
 import json
+import threading
 import time
 from typing import Any
 
@@ -90,3 +92,46 @@ def hs_with_secret(
     digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[alg]
     sig = hmac.new(secret, f"{head}.{body}".encode(), digest).digest()
     return f"{head}.{body}.{b64(sig)}"
+
+
+class JwksServer:
+    """Serves ``document`` at /jwks.json (HTTP/1.0, one request per connection); can stop and
+    start again on the same port."""
+
+    def __init__(self) -> None:
+        self.document = jwks(jwk(rsa_key(), kid="a", alg="RS256"))
+        self.hits = 0
+        self.port = 0
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> JwksServer:
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                owner.hits += 1
+                body = owner.document.encode()
+                self.send_response(200 if self.path == "/jwks.json" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None

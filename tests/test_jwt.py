@@ -7,10 +7,8 @@ rotated). Config errors are checked in-process with their field paths.
 
 from __future__ import annotations
 
-import http.server
 import json
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from dfproxy.config.gloo import ConfigError, load_paths
 from dfproxy.jwt_authn import status as st
 from tests import jwt_support as s
 from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests.jwt_support import JwksServer
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer
@@ -33,50 +32,6 @@ EC = s.ec_key()
 ROTATED = s.rsa_key(2)
 HS_SECRET = b"k" * 64
 BLOG_ISSUER = "mypaas.io"
-
-
-# ---------------------------------------------------------------------------- a JWKS server
-class JwksServer:
-    """Serves ``document`` at /jwks.json (HTTP/1.0, one request per connection); can stop and
-    start again on the same port."""
-
-    def __init__(self) -> None:
-        self.document = s.jwks(s.jwk(RSA, kid="a", alg="RS256"))
-        self.hits = 0
-        self.port = 0
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> JwksServer:
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                owner.hits += 1
-                body = owner.document.encode()
-                self.send_response(200 if self.path == "/jwks.json" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
 
 
 # ---------------------------------------------------------------------------- config

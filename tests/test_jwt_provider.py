@@ -140,3 +140,34 @@ def test_keys_being_fetched_make_the_request_wait_unless_another_provider_accept
     assert req.evaluate(FakeRequest(auth), now, remote_pending).allowed
     auth = [("authorization", f"Bearer {good_r}")]
     assert req.evaluate(FakeRequest(auth), now, remote_pending).status == WAIT
+
+
+def test_verified_tokens_are_remembered_only_with_the_same_keys_and_while_in_time() -> None:
+    class Swappable:
+        def __init__(self, keys: tuple[Key, ...]) -> None:
+            self.keys = keys
+
+        def current(self) -> tuple[Key, ...] | None:
+            return self.keys
+
+    source = Swappable(parse_key_text(s.pem(RSA)))
+    p = Provider("p", source, locations=DEFAULT_LOCATIONS)
+    req = Requirement((p,))
+    now = int(time.time())
+    token = s.sign("RS256", RSA, s.claims(exp=now + 100))
+    auth = [("authorization", f"Bearer {token}")]
+
+    def keys_of(p: Provider) -> tuple[Key, ...] | str:
+        return source.keys
+
+    assert req.evaluate(FakeRequest(auth), now, keys_of).allowed
+    assert token.encode() in p.verified
+    assert req.evaluate(FakeRequest(auth), now, keys_of).allowed  # from the cache
+    # Past its expiry (and the skew) the remembered token fails as expired.
+    late = req.evaluate(FakeRequest(auth), now + 200, keys_of)
+    assert (late.allowed, late.status) == (False, st.EXPIRED)
+    assert req.evaluate(FakeRequest(auth), now, keys_of).allowed
+    # The keys rotate: the remembered token is verified again, and fails.
+    source.keys = parse_key_text(s.pem(s.rsa_key(1)))
+    rotated = req.evaluate(FakeRequest(auth), now, keys_of)
+    assert (rotated.allowed, rotated.status) == (False, st.VERIFICATION_FAIL)

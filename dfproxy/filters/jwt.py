@@ -46,6 +46,7 @@ from dfproxy.jwt_authn.provider import (
 from dfproxy.jwt_authn.status import JwksError
 from dfproxy.jwt_authn.token import normalize_audience
 from dfproxy.policies import BuildContext, Levels, Report
+from dfproxy.stream import FILTERING
 
 if TYPE_CHECKING:
     from dfproxy.stream import Stream
@@ -54,7 +55,6 @@ log = logging.getLogger("dfproxy.jwt")
 
 # Envoy filter.cc MaximumUriLength: the realm quotes at most this much of the path.
 MAX_REALM_PATH = 256
-FILTERING = 1  # dfproxy.stream.FILTERING (not imported: stream imports the filters package)
 
 
 # -- compiled config (config load) -------------------------------------------------------------

@@ -9,10 +9,13 @@ characters and dots that follows; a query parameter's value is the token. Withou
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple, Protocol
 from urllib.parse import unquote_to_bytes
 
-_TOKEN_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+# A run of base64url characters and dots. One C-level search instead of a Python loop per
+# character: 50 µs -> under 1 µs for a 600-byte RS256 token (bench/jwt_verify.py).
+_TOKEN_RUN = re.compile(rb"[A-Za-z0-9_.\-]+")
 
 
 class Request(Protocol):
@@ -56,14 +59,8 @@ class Token(NamedTuple):
 
 def _after_prefix(value: bytes, start: int) -> bytes:
     """Envoy ``extractJWT``: skip to the first token character, stop at the first other."""
-    n = len(value)
-    i = start
-    while i < n and value[i] not in _TOKEN_CHARS:
-        i += 1
-    j = i
-    while j < n and value[j] in _TOKEN_CHARS:
-        j += 1
-    return value[i:j]
+    m = _TOKEN_RUN.search(value, start)
+    return m.group() if m else b""
 
 
 def _query_value(path: bytes, name: bytes) -> bytes | None:

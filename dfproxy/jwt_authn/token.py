@@ -51,6 +51,7 @@ class Jwt:
     """A parsed (not yet verified) token."""
 
     __slots__ = (
+        "token",
         "alg",
         "kid",
         "header",
@@ -120,6 +121,7 @@ class Jwt:
             raise JwtError(st.SIGNATURE_BAD_BASE64) from None
         if alg == "EdDSA" and len(signature) != ED25519_SIGNATURE_LEN:
             raise JwtError(st.ED25519_SIGNATURE_LENGTH)
+        self.token = token
         self.alg = alg
         self.kid = kid
         self.header = header
