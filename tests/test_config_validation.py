@@ -410,9 +410,8 @@ CASES = [
         "spec.virtualHost.routes[0].routeAction.dynamicForwardProxy",
         ("dynamicForwardProxy", "gw"),
     ),
-    # -- Gloo fields not built yet
     Case(
-        "jwt",
+        "jwt-no-providers",
         docs(
             GATEWAY,
             vs("""
@@ -421,9 +420,10 @@ CASES = [
                 """),
         ),
         2,
-        "spec.virtualHost.options.jwt",
-        ("not supported yet",),
+        "spec.virtualHost.options.jwt.providers",
+        ("at least one provider is required",),
     ),
+    # -- Gloo fields not built yet
     Case(
         "dlp",
         docs(
@@ -601,7 +601,7 @@ SCHEMA_ERROR_PATHS = [
     (2, "spec.virtualHost.routes[0].matchers[0].prefx"),
     (2, "spec.virtualHost.routes[1]"),
     (2, "spec.virtualHost.routes[2].options.retries.numRetries"),
-    (2, "spec.virtualHost.options.jwt"),
+    (2, "spec.virtualHost.options.jwt.providers"),
 ]
 
 

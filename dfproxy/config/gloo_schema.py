@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from dfproxy.config.schema.extauth import ExtAuthExtension
 from dfproxy.config.schema.extauth import Settings as ExtAuthSettings
 from dfproxy.config.schema.proxy_auth import ProxyAuthOverride, ProxyAuthSettings
+from dfproxy.config.schema import jwt as jwt_schema
 from dfproxy.config.schema_base import Duration, Model, parse_duration
 
 __all__ = ["Duration", "Model", "parse_duration"]
@@ -378,6 +379,9 @@ class RouteOptions(Model):
     retries: RetryPolicy | None = None
     extauth: ExtAuthExtension | None = None
     proxy_auth: ProxyAuthOverride | None = None
+    jwt: jwt_schema.RouteExtension | None = None
+    jwt_staged: jwt_schema.JwtStagedRouteExtension | None = None
+    jwt_providers_staged: jwt_schema.JwtStagedRouteProvidersExtension | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -418,6 +422,8 @@ class VirtualHostOptions(Model):
     header_manipulation: HeaderManipulation | None = None
     extauth: ExtAuthExtension | None = None
     proxy_auth: ProxyAuthOverride | None = None
+    jwt: jwt_schema.VhostExtension | None = None
+    jwt_staged: jwt_schema.JwtStagedVhostExtension | None = None
 
 
 class VirtualHost(Model):
@@ -440,9 +446,6 @@ class VirtualService(Model):
 
 # Gloo fields dfproxy knows but has not built yet: a clear error instead of "unknown field".
 NOT_SUPPORTED: dict[str, str] = {
-    "jwt": "JWT verification (virtualHost.options.jwt) is not supported yet",
-    "jwtStaged": "JWT verification (jwtStaged) is not supported yet",
-    "jwtProvidersStaged": "JWT verification (jwtProvidersStaged) is not supported yet",
     "dlp": "data loss prevention (options.dlp) is not supported yet",
     "stagedTransformations": "transformations (stagedTransformations) are not supported yet",
     "transformations": "transformations are not supported yet",
