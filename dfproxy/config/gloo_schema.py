@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dfproxy.config.schema.access import DestinationPolicy, RbacExtensionSettings, SourcePolicy
 from dfproxy.config.schema_base import Duration, Model, parse_duration
 
 __all__ = ["Duration", "Model", "parse_duration"]
@@ -197,6 +198,8 @@ class HttpConnectionManagerSettings(Model):
 class HttpListenerOptions(Model):
     dynamic_forward_proxy: DynamicForwardProxy | None = None
     http_connection_manager_settings: HttpConnectionManagerSettings | None = None
+    destination_policy: DestinationPolicy | None = None
+    source_policy: SourcePolicy | None = None
 
 
 class ResourceRef(Model):
@@ -371,6 +374,9 @@ class RouteOptions(Model):
     host_rewrite: str | None = None
     header_manipulation: HeaderManipulation | None = None
     retries: RetryPolicy | None = None
+    rbac: RbacExtensionSettings | None = None
+    destination_policy: DestinationPolicy | None = None
+    source_policy: SourcePolicy | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -409,6 +415,9 @@ class Route(Model):
 
 class VirtualHostOptions(Model):
     header_manipulation: HeaderManipulation | None = None
+    rbac: RbacExtensionSettings | None = None
+    destination_policy: DestinationPolicy | None = None
+    source_policy: SourcePolicy | None = None
 
 
 class VirtualHost(Model):
@@ -440,6 +449,5 @@ NOT_SUPPORTED: dict[str, str] = {
     "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",
     "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
     "extauth": "external authorization (options.extauth) is not supported yet",
-    "rbac": "RBAC (options.rbac) is not supported yet",
     "delegateAction": "delegateAction (route delegation) is not supported yet",
 }

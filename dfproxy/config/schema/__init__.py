@@ -1,0 +1,1 @@
+"""Config schema models of the policy families (one module per family)."""
