@@ -38,10 +38,12 @@ class DomainSet:
         suffixes: list[str] = []
         self.any = False
         for raw in patterns:
-            p = raw.strip().lower().rstrip(".")
+            p = raw.strip().lower()
             if p == "*":
                 self.any = True
-            elif p.startswith("*.") and "*" not in p[2:] and len(p) > 2:
+                continue
+            p = p[:-1] if p.endswith(".") and len(p) > 1 else p  # an absolute name
+            if p.startswith("*.") and "*" not in p[2:] and len(p) > 2 and p[2] != ".":
                 suffixes.append(p[1:])
             elif "*" in p or not p:
                 raise ValueError(

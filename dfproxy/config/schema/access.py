@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from dfproxy.config.schema_base import Model
 
@@ -42,7 +42,15 @@ def _port(value: int | str) -> int | str:
     return value
 
 
+def _claim(value: object) -> object:
+    # YAML reads `admin: true` as a boolean; the claim map holds strings (Gloo's proto).
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
 Cidr = Annotated[str, AfterValidator(_cidr)]
+ClaimValue = Annotated[str, BeforeValidator(_claim)]
 Domain = Annotated[str, AfterValidator(_domain)]
 Port = Annotated[int | str, AfterValidator(_port)]
 RuleName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -117,7 +125,7 @@ class SourcePolicy(Model):
 
 
 class JwtPrincipal(Model):
-    claims: dict[str, str] = Field(default_factory=dict)
+    claims: dict[str, ClaimValue] = Field(default_factory=dict)
     provider: str = ""
     matcher: Literal["EXACT_STRING", "BOOLEAN", "LIST_CONTAINS"] = "EXACT_STRING"
 
