@@ -452,3 +452,20 @@ def test_destination_filter_before_dns() -> None:
     assert f.on_request_headers(numeric) == CONTINUE  # after DNS
     off = DestinationFilter(_rules(), stats, pre_dns=False)
     assert off.on_request_headers(FakeStream(authority=s.authority)) == CONTINUE
+
+
+def test_destination_filter_shadow_mode_never_refuses() -> None:
+    store, stats = _stats()
+    r = _rules()
+    shadow = DestinationRules(r.rules, r.default, shadow=True)
+    f = DestinationFilter(shadow, stats, pre_dns=True)
+    host = _host("one.test:80", 80, "127.0.0.1")
+    s = FakeStream(authority=Authority("blocked.test", 80, False))
+    assert f.on_request_headers(s) == CONTINUE  # counted once, after DNS
+    s.host = host
+    assert f.on_upstream_host(s) == CONTINUE
+    assert s.reply is None and s.host is host
+    counters = dict(store.items())
+    assert counters["http.test.rbac.shadow_denied"] == 1
+    assert counters["http.test.rbac.denied"] == 0
+    assert counters["http.test.rbac.policy.deny-loopback.denied"] == 1

@@ -8,8 +8,8 @@ condition left out matches anything.
 Destination rules are checked after DNS on each address the proxy would connect to, as
 Envoy's ``resolved_address_filter`` does (reference §3.1): an address whose first matching
 rule denies is dropped, and only when none is left is the request refused. Before DNS the
-same list can already decide for a name when the first rule that may match does not look
-at addresses (``decide_name``): a denied name is then never resolved.
+same list can already refuse a name when no address could change the answer
+(``decide_name``): a denied name is then never resolved.
 
 Gloo RBAC (``options.rbac``) is an allow list: a request passes when some policy matches
 (any of its principals, and its permissions), else 403 "RBAC: access denied" (Envoy).
