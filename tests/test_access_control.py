@@ -419,7 +419,7 @@ def embedded(tmp_path: Path, dns_server: DNSTestServer) -> Iterator[list[ProxyPr
 def test_embedded_default_refuses_loopback_and_connect_to_other_ports(
     tmp_path: Path, dns_server: DNSTestServer, embedded: list[ProxyProcess]
 ) -> None:
-    p = launch_embedded(tmp_path, dns_server)
+    p = launch_embedded(tmp_path, dns_server, "--access-log-format", "json")
     embedded.append(p)
     with sentinels(("127.0.0.1", 0)) as (s,):
         r = curl("-x", p.url, f"http://127.0.0.1:{s.port}/")
@@ -441,6 +441,10 @@ def test_embedded_default_refuses_loopback_and_connect_to_other_ports(
     # Port 443 passes the port rule; the name resolves to loopback (*.test): denied there.
     status, body, _ = tunnel(p, "somewhere.test:443")
     assert (status, body) == (403, "destination denied by rule 'deny-loopback' (127.0.0.1:443)")
+    p.wait_for_access_log(4)
+    logged = [e["response_code_details"] for e in p.access_log_json()]
+    assert logged[0] == "rbac_access_denied_matched_policy[deny-loopback]"
+    assert "rbac_access_denied_matched_policy[connect-ports]" in logged
 
 
 def test_embedded_default_with_allow_flags(

@@ -16,7 +16,7 @@ Stats (Envoy RBAC filter names, under ``http.<listener>.rbac.``): ``allowed``, `
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from dfproxy.access.addresses import forms_cached, peer_forms
 from dfproxy.access.rules import UNDECIDED, DestinationRule, DestinationRules, RbacPolicies
@@ -34,6 +34,15 @@ log = logging.getLogger("dfproxy.access")
 RBAC_DENIED = b"RBAC: access denied"  # Envoy's local reply text
 # Pinned hosts kept per filter, by (host key, CONNECT): bounded like the DNS cache's hosts.
 MAX_PINNED = 4096
+
+
+class Checked(NamedTuple):
+    """The outcome for one address list: the pinned host, or None and the refusal."""
+
+    addresses: list[tuple[str, int]]  # the list checked (compared by identity)
+    pinned: DnsHostInfo | None
+    body: bytes
+    rule: str
 
 
 class AccessStats:
@@ -130,10 +139,9 @@ class DestinationFilter(HttpFilter):
         self.stats = stats
         # In shadow mode the check after DNS counts each request once.
         self.pre_dns = pre_dns and not rules.shadow
-        # (host key, CONNECT) -> (the address list checked, pinned host or None, denial)
-        self.pinned: dict[
-            tuple[str, bool], tuple[list[tuple[str, int]], DnsHostInfo | None, bytes, str]
-        ] = {}
+        # By (host key, CONNECT). The DNS cache replaces a host's address list when an
+        # answer changes and never edits it, so an identical list object means "checked".
+        self.checked: dict[tuple[str, bool], Checked] = {}
 
     def on_request_headers(self, stream: Stream) -> int:
         a = stream.authority
@@ -149,17 +157,18 @@ class DestinationFilter(HttpFilter):
 
     def on_upstream_host(self, stream: Stream) -> int:
         host = stream.host
-        assert host is not None
+        if host is None or not host.addresses:
+            return CONTINUE  # nothing to connect to: the stream answers that itself
         key = (host.key, stream.is_connect)
-        entry = self.pinned.get(key)
-        if entry is None or entry[0] is not host.addresses:
+        entry = self.checked.get(key)
+        if entry is None or entry.addresses is not host.addresses:
             entry = self._check(host, stream.is_connect)
-            if len(self.pinned) >= MAX_PINNED:
-                self.pinned.clear()
-            self.pinned[key] = entry
-        pinned = entry[1]
+            if len(self.checked) >= MAX_PINNED:
+                self.checked.clear()
+            self.checked[key] = entry
+        pinned = entry.pinned
         if pinned is None:
-            if _deny(stream, self.stats, entry[3], entry[2], self.rules.shadow):
+            if _deny(stream, self.stats, entry.rule, entry.body, self.rules.shadow):
                 return STOP
         elif self.rules.shadow:
             self.stats.shadow_allowed.value += 1
@@ -168,9 +177,7 @@ class DestinationFilter(HttpFilter):
         self.stats.allowed.value += 1
         return CONTINUE
 
-    def _check(
-        self, host: DnsHostInfo, connect: bool
-    ) -> tuple[list[tuple[str, int]], DnsHostInfo | None, bytes, str]:
+    def _check(self, host: DnsHostInfo, connect: bool) -> Checked:
         """Filter ``host``'s addresses (Envoy resolved_address_filter): the pinned copy with
         the allowed ones, or None and the denial of the first address."""
         name, port = host.host, host.port
@@ -188,7 +195,7 @@ class DestinationFilter(HttpFilter):
             rule, ip = denial
             where = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
             body = f"destination denied by rule '{rule.name}' ({where})".encode()
-            return host.addresses, None, body, rule.name
+            return Checked(host.addresses, None, body, rule.name)
         if denial is not None:
             log.debug("%s: addresses %s denied by rule %r", host.key, denial[1], denial[0].name)
         pinned = DnsHostInfo(host.key, port)
@@ -196,4 +203,4 @@ class DestinationFilter(HttpFilter):
         pinned.resolved = True
         pinned.last_status = host.last_status
         pinned.ttl = host.ttl
-        return host.addresses, pinned, b"", ""
+        return Checked(host.addresses, pinned, b"", "")
