@@ -101,9 +101,8 @@ def load_config(args: argparse.Namespace) -> ProxyConfig:
         config = load_paths(args.config)
     else:
         config = default_config()
-    access_cli.apply(
-        config, not args.config, args.allow_destination, args.allow_connect_port
-    )  # the embedded default's secure destination rules; the --allow-* flags
+    # The embedded default's secure destination rules, and the --allow-* flags.
+    access_cli.apply(config, not args.config, args.allow_destination, args.allow_connect_port)
     if args.listen:
         first = config.listeners[0]
         first.host, first.port = args.listen
