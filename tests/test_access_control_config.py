@@ -4,6 +4,7 @@ ranges, ports, patterns and Gloo RBAC fields with their field paths; the overrid
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -12,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from dfproxy.access.addresses import forms
+from dfproxy.access.filter import DestinationFilter
 from dfproxy.access.policy import NAME
 from dfproxy.access.rules import AccessPolicy
 from dfproxy.config.gloo import ConfigError, load_paths
+from dfproxy.runtime import Runtime
+from dfproxy.stats import StatsStore
 from tests.support.proxy import REPO_ROOT
 
 GATEWAY = """\
@@ -224,3 +228,32 @@ def test_bad_flags_are_refused(flag: str, value: str) -> None:
     )
     assert proc.returncode == 2
     assert flag in proc.stderr.decode()
+
+
+def test_the_check_before_dns_is_off_where_the_route_rewrites_the_host(tmp_path: Path) -> None:
+    """The name the client sent is not the one resolved: only the check after DNS counts."""
+    path = config(
+        tmp_path, "destinationPolicy: {rules: [{name: a, action: DENY, domains: [x.test]}]}"
+    )
+    text = path.read_text().replace(
+        "    - matchers: [{prefix: /}]\n      routeAction: {dynamicForwardProxy: {}}\n",
+        "    - matchers: [{prefix: /rw}]\n"
+        "      routeAction: {dynamicForwardProxy: {hostRewrite: y.test}}\n"
+        "    - matchers: [{prefix: /}]\n      routeAction: {dynamicForwardProxy: {}}\n",
+    )
+    path.write_text(text)
+    loop = asyncio.new_event_loop()
+    try:
+        runtime = Runtime(load_paths([str(path)]), loop, StatsStore(), None)
+        _, listener = runtime.listeners[0]
+        routes = listener.routes.vhosts[0].routes
+        found = {
+            r.name: f.pre_dns
+            for r in routes
+            for f in r.chain.filters
+            if isinstance(f, DestinationFilter)
+        }
+        assert found == {"route-0": False, "route-1": True}
+        runtime.close()
+    finally:
+        loop.close()
