@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from dfproxy import __version__
+from dfproxy.access import cli as access_cli
 from dfproxy.config.model import ProxyConfig, default_config
 from dfproxy.dns.resolver import ResolverOptions
 
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long SIGTERM waits for in-flight requests (default 15)",
     )
     run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    access_cli.add_arguments(run)
     validate = sub.add_parser("validate", help="check configuration files and exit")
     validate.add_argument("files", nargs="+", metavar="FILE|DIR")
     return parser
@@ -99,6 +101,8 @@ def load_config(args: argparse.Namespace) -> ProxyConfig:
         config = load_paths(args.config)
     else:
         config = default_config()
+    # The embedded default's secure destination rules, and the --allow-* flags.
+    access_cli.apply(config, not args.config, args.allow_destination, args.allow_connect_port)
     if args.listen:
         first = config.listeners[0]
         first.host, first.port = args.listen

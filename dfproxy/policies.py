@@ -34,6 +34,7 @@ _MODULES: tuple[str, ...] = (
     "dfproxy.filters.jwt",  # Gloo jwtStaged.beforeExtAuth (and the deprecated vhost jwt)
     "dfproxy.filters.ext_authz",  # after JWT (authN), before RBAC and rate limits
     "dfproxy.filters.jwt:AFTER_EXT_AUTH",  # Gloo jwtStaged.afterExtAuth
+    "dfproxy.access.policy",  # RBAC and source rules; destination rules after DNS
 )
 
 

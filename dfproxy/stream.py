@@ -307,6 +307,9 @@ class Stream:
             for f in route.chain.upstream_host:
                 if f.on_upstream_host(self) == F.STOP or self.state == DONE:
                     return
+            # A filter may narrow the host to the addresses it allows (access control).
+            host = self.host
+            assert host is not None
         listener = self.conn.listener
         if host.port in listener.own_ports and listener.is_self(
             host.addresses[0][0], host.port, self.conn.local_ip

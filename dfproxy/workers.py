@@ -105,6 +105,10 @@ class Supervisor:
         argv += ["--event-loop", a.event_loop, "--drain-timeout", str(a.drain_timeout)]
         for resolver in a.dns_resolver:
             argv += ["--dns-resolver", resolver]
+        for text in a.allow_destination:
+            argv += ["--allow-destination", text]
+        for port in a.allow_connect_port:
+            argv += ["--allow-connect-port", str(port)]
         if a.access_log:
             argv += ["--access-log", a.access_log, "--access-log-format", a.access_log_format]
         return argv

@@ -153,6 +153,8 @@ def _start_dfproxy(
     argv = [sys.executable, "-m", "dfproxy", "run", "--listen", f"{LOOPBACK}:{port}"]
     argv += ["--admin", f"{LOOPBACK}:{admin}", "--dns-resolver", dns.address]
     argv += ["--log-level", "warning", *extra]
+    if not {"-c", "--config"} & set(extra):
+        argv += ["--allow-destination", "127.0.0.0/8"]  # the embedded default denies loopback
     proc = procs.start("dfproxy", argv, log_path=workdir / "out.log", cpu=PROXY_CPU, cwd=ROOT)
 
     def ready() -> bool:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dfproxy.config.schema import jwt as jwt_schema
+from dfproxy.config.schema.access import DestinationPolicy, RbacExtensionSettings, SourcePolicy
 from dfproxy.config.schema.extauth import ExtAuthExtension
 from dfproxy.config.schema.extauth import Settings as ExtAuthSettings
 from dfproxy.config.schema.proxy_auth import ProxyAuthOverride, ProxyAuthSettings
@@ -203,6 +204,8 @@ class HttpListenerOptions(Model):
     http_connection_manager_settings: HttpConnectionManagerSettings | None = None
     extauth: ExtAuthSettings | None = None
     proxy_auth: ProxyAuthSettings | None = None  # dfproxy extension
+    destination_policy: DestinationPolicy | None = None
+    source_policy: SourcePolicy | None = None
 
 
 class ResourceRef(Model):
@@ -382,6 +385,9 @@ class RouteOptions(Model):
     jwt: jwt_schema.RouteExtension | None = None
     jwt_staged: jwt_schema.JwtStagedRouteExtension | None = None
     jwt_providers_staged: jwt_schema.JwtStagedRouteProvidersExtension | None = None
+    rbac: RbacExtensionSettings | None = None
+    destination_policy: DestinationPolicy | None = None
+    source_policy: SourcePolicy | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -424,6 +430,9 @@ class VirtualHostOptions(Model):
     proxy_auth: ProxyAuthOverride | None = None
     jwt: jwt_schema.VhostExtension | None = None
     jwt_staged: jwt_schema.JwtStagedVhostExtension | None = None
+    rbac: RbacExtensionSettings | None = None
+    destination_policy: DestinationPolicy | None = None
+    source_policy: SourcePolicy | None = None
 
 
 class VirtualHost(Model):
@@ -451,6 +460,5 @@ NOT_SUPPORTED: dict[str, str] = {
     "transformations": "transformations are not supported yet",
     "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",
     "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
-    "rbac": "RBAC (options.rbac) is not supported yet",
     "delegateAction": "delegateAction (route delegation) is not supported yet",
 }

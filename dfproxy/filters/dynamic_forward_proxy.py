@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 from dfproxy.dns import cache as dns_cache
 from dfproxy.filters import CONTINUE, STOP, HttpFilter
 from dfproxy.http import errors
-from dfproxy.http.authority import AuthorityError, parse_authority, parse_authority_cached
+from dfproxy.http.authority import (
+    Authority,
+    AuthorityError,
+    numeric_ipv4,
+    parse_authority,
+    parse_authority_cached,
+)
 
 if TYPE_CHECKING:
     from dfproxy.cluster import DfpCluster
@@ -57,6 +63,13 @@ class DynamicForwardProxyFilter(HttpFilter):
             authority = parse_authority_cached(stream.host_header, default_port)
             stream.authority = authority
         if authority.is_ip:
+            stream.host = self.cluster.ip_host(authority)
+            return CONTINUE
+        numeric = numeric_ipv4(authority.host)
+        if numeric is not None:
+            # 2130706433, 0177.0.0.1, 127.1: the address inet_aton reads, never a DNS name
+            # (access rules check the address, not a spelling of it).
+            authority = stream.authority = Authority(numeric, authority.port, True)
             stream.host = self.cluster.ip_host(authority)
             return CONTINUE
         status, info = self.cache.load(

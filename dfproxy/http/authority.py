@@ -111,3 +111,46 @@ def parse_authority_cached(raw: bytes, default_port: int) -> Authority:
         _cache.clear()
     _cache[key] = value
     return value
+
+
+# Characters of a host that inet_aton(3) may read as an IPv4 address: decimal, octal (a
+# leading 0), hex (0x) parts, 1 to 4 of them.
+_INET_ATON_CHARS = frozenset("0123456789abcdefx.")
+
+
+def numeric_ipv4(host: str) -> str | None:
+    """The dotted quad a numeric host spelling means, or None.
+
+    ``2130706433``, ``0177.0.0.1``, ``0x7f.1`` and ``127.1`` are all 127.0.0.1 to inet_aton(3)
+    (and so to getaddrinfo and most resolvers and browsers: the WHATWG URL IPv4 parser reads
+    them the same way). A proxy that checks the destination as text would see a name; one
+    that sends it to DNS may connect to the address it spells. One trailing dot is accepted
+    (``127.0.0.1.``), as WHATWG does. ``host`` is lower-case (parse_authority). Pure.
+    """
+    if not host or not host[0].isdigit() or not _INET_ATON_CHARS.issuperset(host):
+        return None
+    parts = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(parts) > 4:
+        return None
+    values: list[int] = []
+    for part in parts:
+        if not part:
+            return None
+        try:
+            if part[:2] == "0x":
+                value = int(part[2:], 16) if len(part) > 2 else 0
+            elif len(part) > 1 and part[0] == "0":
+                value = int(part[1:], 8)
+            else:
+                value = int(part, 10)
+        except ValueError:
+            return None
+        values.append(value)
+    # Every part but the last is one byte; the last fills the remaining bytes.
+    last_bits = 8 * (5 - len(values))
+    if any(v > 255 for v in values[:-1]) or values[-1] >= 1 << last_bits:
+        return None
+    number = values[-1]
+    for i, v in enumerate(values[:-1]):
+        number |= v << (24 - 8 * i)
+    return f"{number >> 24}.{(number >> 16) & 255}.{(number >> 8) & 255}.{number & 255}"

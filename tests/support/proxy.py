@@ -39,6 +39,7 @@ STOP_TIMEOUT = 10.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DFPROXY_ENTRY = ("-m", "dfproxy")
 FAKE_PROXY_ENTRY = (str(Path(__file__).with_name("fake_proxy.py")),)
+LOOPBACK_ALLOWED = ("--allow-destination", "127.0.0.0/8", "--allow-destination", "::1")
 
 
 def dfproxy_runnable() -> bool:
@@ -60,7 +61,8 @@ def proxy_command(
     entry: Sequence[str] = DFPROXY_ENTRY,
 ) -> list[str]:
     """``[python, *entry, "run", --listen 127.0.0.1:0, --admin 127.0.0.1:0, --ports-file,
-    --dns-resolver (unless None), --event-loop, --log-level, --access-log, *extra_args]``."""
+    --dns-resolver (unless None), LOOPBACK_ALLOWED (unless -c), --event-loop, --log-level,
+    --access-log, *extra_args]``."""
     cmd = [
         sys.executable,
         *entry,
@@ -74,6 +76,10 @@ def proxy_command(
     ]
     if dns_resolver is not None:
         cmd += ["--dns-resolver", dns_resolver]
+    if not {"-c", "--config"} & set(extra_args):
+        # The embedded default denies loopback destinations (docs/access-control.md); the
+        # tests' origins are on loopback.
+        cmd += LOOPBACK_ALLOWED
     cmd += [
         "--event-loop",
         loop,
