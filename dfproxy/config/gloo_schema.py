@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dfproxy.config.schema import transformation as tf
 from dfproxy.config.schema_base import Duration, Model, parse_duration
 
 __all__ = ["Duration", "Model", "parse_duration"]
@@ -284,6 +285,9 @@ class Matcher(Model):
         return self
 
 
+tf.bind_matcher(Matcher)
+
+
 class DfpRouteConfig(Model):
     host_rewrite: str | None = None
     auto_host_rewrite_header: str | None = None
@@ -371,6 +375,8 @@ class RouteOptions(Model):
     host_rewrite: str | None = None
     header_manipulation: HeaderManipulation | None = None
     retries: RetryPolicy | None = None
+    staged_transformations: tf.StagedTransformations | None = None
+    transformations: tf.Transformations | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -409,6 +415,8 @@ class Route(Model):
 
 class VirtualHostOptions(Model):
     header_manipulation: HeaderManipulation | None = None
+    staged_transformations: tf.StagedTransformations | None = None
+    transformations: tf.Transformations | None = None
 
 
 class VirtualHost(Model):
@@ -435,8 +443,6 @@ NOT_SUPPORTED: dict[str, str] = {
     "jwtStaged": "JWT verification (jwtStaged) is not supported yet",
     "jwtProvidersStaged": "JWT verification (jwtProvidersStaged) is not supported yet",
     "dlp": "data loss prevention (options.dlp) is not supported yet",
-    "stagedTransformations": "transformations (stagedTransformations) are not supported yet",
-    "transformations": "transformations are not supported yet",
     "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",
     "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
     "extauth": "external authorization (options.extauth) is not supported yet",

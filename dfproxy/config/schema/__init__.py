@@ -1,0 +1,1 @@
+"""Per-policy Gloo schema models (each module one option family)."""
