@@ -310,7 +310,8 @@ class _Lexer:
                 return tokens, pos + len(close), False
             m = _TOKEN.match(src, pos)
             if m is None:
-                raise TemplateError(f"unexpected {src[pos]!r} (at {_where(src, pos)})")
+                what = "unterminated string" if src[pos] == '"' else f"unexpected {src[pos]!r}"
+                raise TemplateError(f"{what} (at {_where(src, pos)})")
             kind = m.lastgroup or "op"
             text = m.group()
             if kind == "id" and text in _KEYWORDS:
