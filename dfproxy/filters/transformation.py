@@ -300,12 +300,15 @@ class TransformationFilter(HttpFilter):
         )
         stream.send_local_reply(413, b"Payload Too Large")
 
-    # -- response ---------------------------------------------------------------------------
+
+class ResponseTransformationFilter(TransformationFilter):
+    """A stage that also transforms responses. A separate class: the stream skips every
+    response hook on a route whose filters do not implement one (Route.plain_response)."""
 
     def on_response_headers(self, stream: Stream) -> int:
         state = stream.filter_state
         t = cast("CompiledTransformation | None", state.get(self.key) if state else None)
-        msg = ResponseMessage(stream)
+        msg = ResponseMessage(stream)  # the response matchers read it too
         if t is None:
             for e in self.stage.response:
                 if e.matches(stream, msg):
@@ -508,7 +511,9 @@ class TransformationPolicy:
         stats = ctx.runtime.stats
         prefix = f"transformation.{self.stage}."
         counters = {n: stats.counter(prefix + n) for n in _STATS}
-        return [TransformationFilter(compiled, counters)]
+        responds = bool(compiled.response) or any(e.response for e in compiled.request)
+        cls = ResponseTransformationFilter if responds else TransformationFilter
+        return [cls(compiled, counters)]
 
 
 EARLY = TransformationPolicy("early")

@@ -716,6 +716,10 @@ def _join_parts(parts: list[Part]) -> Part:
         return lambda s: ""
     if len(parts) == 1:
         return parts[0]
+    if len(parts) == 2:
+        # The common "{{ header(...) }}.suffix": one concatenation, no list (0.2 µs).
+        a, b = parts
+        return lambda s: a(s) + b(s)
     frozen = tuple(parts)
     return lambda s: "".join([p(s) for p in frozen])
 

@@ -43,7 +43,9 @@ class Message(Protocol):
 
     def get(self, name: str) -> str: ...
     def request_get(self, name: str) -> str: ...
-    def set(self, name: str, value: str) -> None: ...
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of ``name`` with ``value``."""
+
     def append(self, name: str, value: str) -> None: ...
     def remove(self, name: str) -> None: ...
 
@@ -162,11 +164,26 @@ class CompiledTransformation:
     # Whether running it needs the whole body (it reads it, replaces it or parses it).
     needs_body: bool = False
     needs_json: bool = False
-    sources: list[str] = field(default_factory=list)
+    # Headers only: no extractor, body, metadata or JSON (the blog's kind). run() skips the
+    # body machinery: 1.4 µs of 4.5 per request (bench/transformation.py).
+    headers_only: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.headers_only = not (
+            self.extractors
+            or self.body is not None
+            or self.merge_extractors
+            or self.metadata
+            or self.needs_json
+            or self.needs_body
+        )
 
     def run(self, msg: Message, body: bytes, state: dict[str, object] | None) -> bytes | None:
         """Apply to ``msg``; returns the new body, or None when the body is unchanged.
         Raises RenderError (and BodyParseError) for the 400 the filter answers."""
+        if self.headers_only:
+            self._headers(msg, Scope(msg.get, msg.request_get, _no_body, _NO_DATA))
+            return None
         text: str | None = None
 
         def body_text() -> str:
@@ -215,18 +232,29 @@ class CompiledTransformation:
                 meta = state.setdefault("dynamic_metadata", {})
                 assert isinstance(meta, dict)
                 meta.setdefault(namespace, {})[key] = stored
+        self._headers(msg, scope)
+        return new_body
+
+    def _headers(self, msg: Message, scope: Scope) -> None:
         for name, tmpl in self.headers:
             out = tmpl.render(scope)
-            msg.remove(name)
             if out:
-                msg.set(name, _header_value(name, out))
+                msg.set(name, _header_value(name, out))  # replaces every value
+            else:
+                msg.remove(name)
         for name in self.headers_to_remove:
             msg.remove(name)
         for name, tmpl in self.headers_to_append:
             out = tmpl.render(scope)
             if out:
                 msg.append(name, _header_value(name, out))
-        return new_body
+
+
+_NO_DATA: dict[str, Any] = {}  # read-only: templates never write their data
+
+
+def _no_body() -> str:
+    return ""
 
 
 def _header_value(name: str, value: str) -> str:
