@@ -233,6 +233,44 @@ def _config(port: int) -> str:
                 """,
             ),
             vs(
+                "reroute",
+                "reroute.test",
+                """
+                - matchers: [{prefix: /, headers: [{name: x-go, value: b}]}]
+                  directResponseAction: {status: 200, body: route b}
+                - matchers: [{prefix: /}]
+                  routeAction: {dynamicForwardProxy: {}}
+                  options:
+                    stagedTransformations:
+                      regular:
+                        requestTransforms:
+                        - clearRouteCache: true
+                          requestTransformation:
+                            transformationTemplate:
+                              parseBodyBehavior: DontParse
+                              headers: {x-go: {text: '{{ header("x-want") }}'}}
+                """,
+            ),
+            vs(
+                "legacy",
+                "legacy.test",
+                """
+                - matchers: [{prefix: /}]
+                  routeAction: {dynamicForwardProxy: {}}
+                  options:
+                    transformations:
+                      requestTransformation:
+                        transformationTemplate:
+                          parseBodyBehavior: DontParse
+                          headers:
+                            x-legacy: {text: '{{ header(":method") }} {{ header(":path") }}'}
+                      responseTransformation:
+                        transformationTemplate:
+                          parseBodyBehavior: DontParse
+                          headers: {x-legacy-resp: {text: '{{ header(":status") }}'}}
+                """,
+            ),
+            vs(
                 "resp",
                 "resp.test",
                 """
@@ -241,6 +279,12 @@ def _config(port: int) -> str:
                   options:
                     stagedTransformations:
                       regular:
+                        requestTransforms:
+                        - matcher: {prefix: /bytes, headers: [{name: x-collect}]}
+                          responseTransformation:
+                            transformationTemplate:
+                              parseBodyBehavior: DontParse
+                              body: {text: '{{ length(body()) }} bytes'}
                         responseTransforms:
                         - matchers: [{name: ':status', value: '404'}]
                           responseTransformation:
@@ -465,3 +509,50 @@ def test_header_only_response_transform_streams_the_body(send: Callable[..., Raw
     assert r.status == 418
     r = send("resp.test", "/status/500")
     assert r.status == 500 and r.header("x-resp") is None  # no response transform matched
+
+
+# ---------------------------------------------------------------------------- route cache, legacy
+def test_clear_route_cache_routes_the_transformed_request_again(
+    send: Callable[..., RawResponse],
+) -> None:
+    r = send("reroute.test", "/echo", {"x-want": "b"})
+    assert (r.status, r.text) == (200, "route b")
+    h = seen_headers(send("reroute.test", "/echo"))  # x-go rendered empty: removed, same route
+    assert "x-go" not in h
+
+
+def test_legacy_transformations_apply_both_ways(send: Callable[..., RawResponse]) -> None:
+    r = send("legacy.test", "/echo?q=1")
+    assert seen_headers(r)["x-legacy"] == ["GET /echo?q=1"]
+    assert r.header("x-legacy-resp") == "200"
+
+
+def test_expect_100_continue_while_collecting(
+    tproxy: ProxyProcess, shared_origin: OriginServer
+) -> None:
+    """The proxy answers 100-continue itself when it must collect the body first: the
+    client (which waits for it before sending) gets it, then the transformed answer."""
+    payload = json.dumps({"user": {"name": "cy"}}).encode()
+    with RawClient("127.0.0.1", tproxy.port) as c:
+        c.send(
+            (
+                f"POST /upload HTTP/1.1\r\nHost: body.test:{shared_origin.port}\r\n"
+                f"Expect: 100-continue\r\nContent-Length: {len(payload)}\r\n\r\n"
+            ).encode()
+        )
+        interim = c.recv_response()
+        assert interim.status == 100
+        c.send(payload)
+        r = c.recv_response()
+    assert r.status == 200, r.text
+    assert r.json()["length"] == len(b'{"greeting": "hello cy"}')
+
+
+def test_request_matched_response_transformation_collects_the_body(
+    send: Callable[..., RawResponse],
+) -> None:
+    r = send("resp.test", "/bytes/5000", {"x-collect": "1"})
+    assert (r.status, r.text) == (200, "5000 bytes")
+    assert r.header("x-resp") is None  # the request's own response transformation won
+    r = send("resp.test", "/bytes/1100000", {"x-collect": "1"})
+    assert (r.status, r.text) == (500, "Internal Server Error")  # past the buffer limit

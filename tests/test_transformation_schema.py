@@ -234,18 +234,6 @@ def test_legacy_transformations_are_the_regular_stage(tmp_path: Path) -> None:
         ),
         (
             """
-            stagedTransformations:
-              regular:
-                requestTransforms:
-                - clearRouteCache: true
-                  requestTransformation: {transformationTemplate: {}}
-            """,
-            "",
-            f"{ROUTE}.regular.requestTransforms[0].clearRouteCache",
-            ("not supported",),
-        ),
-        (
-            """
             stagedTransformations: {regular: {}}
             transformations: {requestTransformation: {transformationTemplate: {}}}
             """,

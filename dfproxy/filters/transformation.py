@@ -47,6 +47,7 @@ _FRAMING = frozenset(
     {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"}
 )
 ERROR_DETAILS = "transformation_filter_error"
+REROUTED = "transformation.rerouted"  # state_dict: clearRouteCache chose a new route already
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class RequestEntry:
     matcher: Matcher | None
     request: CompiledTransformation | None
     response: CompiledTransformation | None
+    clear_route_cache: bool = False
 
 
 class ResponseHeaderMatch:
@@ -241,25 +243,52 @@ class TransformationFilter(HttpFilter):
             return CONTINUE
         if not t.needs_body:
             self.st["request_header_transformations"].value += 1
-            return CONTINUE if self._transform(stream, t, b"", False) else STOP
+            if not self._transform(stream, t, b"", False):
+                return STOP
+            return STOP if entry.clear_route_cache and self._reroute(stream) else CONTINUE
         length = stream.req.content_length
         if length is not None and length > BODY_LIMIT:
             self._too_large(stream)
             return STOP
-        body = collect_request_body(stream, BODY_LIMIT, lambda b: self._body_arrived(stream, t, b))
+        body = collect_request_body(
+            stream, BODY_LIMIT, lambda b: self._body_arrived(stream, entry, t, b)
+        )
         if body is None:
             return STOP  # _body_arrived resumes the chain
         self.st["request_body_transformations"].value += 1
-        return CONTINUE if self._transform(stream, t, body, True) else STOP
+        if not self._transform(stream, t, body, True):
+            return STOP
+        return STOP if entry.clear_route_cache and self._reroute(stream) else CONTINUE
 
-    def _body_arrived(self, stream: Stream, t: CompiledTransformation, body: bytes | None) -> None:
+    def _reroute(self, stream: Stream) -> bool:
+        """clearRouteCache: choose the route again for the transformed request. Another
+        route runs its own filter chain from the start (Envoy's later filters would see the
+        new route); True when this chain must stop. Once per request: a transformation on
+        the new route that clears the cache again keeps that route."""
+        state = stream.state_dict()
+        if state.get(REROUTED):
+            return False
+        old, old_matcher = stream.route, stream.matcher
+        new = stream.conn.listener.routes.select(stream)
+        if new is old:
+            stream.matcher = old_matcher
+            return False
+        state[REROUTED] = True
+        stream.begin()  # routes again (404 if nothing matches) and runs the new chain
+        return True
+
+    def _body_arrived(
+        self, stream: Stream, entry: RequestEntry, t: CompiledTransformation, body: bytes | None
+    ) -> None:
         if stream.state != FILTERING:
             return  # answered or gone meanwhile
         if body is None:
             self._too_large(stream)
             return
         self.st["request_body_transformations"].value += 1
-        if self._transform(stream, t, body, True):
+        if self._transform(stream, t, body, True) and not (
+            entry.clear_route_cache and self._reroute(stream)
+        ):
             stream.resume_filters()
 
     def _transform(
@@ -417,13 +446,6 @@ class TransformationPolicy:
                 from dfproxy.config.gloo import _matcher  # the route matcher, same semantics
 
                 matcher = _matcher(rt.matcher, where, f"{p}.matcher", cast(Any, report))
-            if rt.clear_route_cache:
-                report.add(
-                    where,
-                    f"{p}.clearRouteCache",
-                    "clearRouteCache: true is not supported (the route is chosen once); "
-                    "route on the original request instead",
-                )
             requests.append(
                 RequestEntry(
                     matcher,
@@ -441,6 +463,7 @@ class TransformationPolicy:
                         where,
                         report,
                     ),
+                    rt.clear_route_cache,
                 )
             )
         responses: list[ResponseEntry] = []
@@ -480,9 +503,7 @@ class TransformationPolicy:
         response = self._one(
             legacy.response_transformation, f"{path}.responseTransformation", False, where, report
         )
-        if legacy.clear_route_cache:
-            report.add(where, f"{path}.clearRouteCache", "clearRouteCache: true is not supported")
-        entry = RequestEntry(None, request, response)
+        entry = RequestEntry(None, request, response, legacy.clear_route_cache)
         return ([entry] if request is not None or response is not None else []), []
 
     def _one(
