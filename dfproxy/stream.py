@@ -710,8 +710,9 @@ class Stream:
         self.state = RESPONDING
         status = self.resp_status
         no_body = self.method == b"HEAD" or status == 204 or status == 304
-        headers = [(n, v) for n, v in self.resp_headers or () if n.lower() != b"content-length"]
-        if not no_body or self.method == b"HEAD":
+        headers = list(self.resp_headers or ())
+        if not no_body:  # (a HEAD answer keeps the origin's Content-Length)
+            headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
             headers.append((b"content-length", b"%d" % len(body)))
         keep = self.keep_alive and self.request_done and not self.conn.draining
         framing = CLOSE if not keep else (b"" if self.version_11 else KEEP_ALIVE)

@@ -556,3 +556,12 @@ def test_request_matched_response_transformation_collects_the_body(
     assert r.header("x-resp") is None  # the request's own response transformation won
     r = send("resp.test", "/bytes/1100000", {"x-collect": "1"})
     assert (r.status, r.text) == (500, "Internal Server Error")  # past the buffer limit
+
+
+def test_head_response_keeps_its_length_and_gets_header_transforms(
+    send: Callable[..., RawResponse],
+) -> None:
+    r = send("resp.test", "/status/404", method="HEAD")
+    assert r.status == 404 and r.body == b""
+    assert r.header("x-was") == "404"
+    assert r.header("content-length") == str(len("status 404\n"))
