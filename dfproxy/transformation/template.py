@@ -27,22 +27,29 @@ with its line and column; render errors (RenderError) become a 400 for the reque
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 import re
 from collections.abc import Callable
-from typing import Any
 
-Value = Any  # a JSON value: str, int, float, bool, None, list, dict
+from dfproxy.transformation.functions import PURE, SCOPED, text_arg
+from dfproxy.transformation.values import (
+    RenderError,
+    Value,
+    contains,
+    dump,
+    equal,
+    less,
+    lookup,
+    to_text,
+    truthy,
+)
+
+__all__ = ["Compiler", "RenderError", "Scope", "Template", "TemplateError", "dump", "to_text"]
 
 
 class TemplateError(ValueError):
     """A template that cannot be compiled; the message ends with "(at line:col)"."""
-
-
-class RenderError(Exception):
-    """A template that cannot be rendered for this request (answered 400 "bad request")."""
 
 
 class Scope:
@@ -78,113 +85,6 @@ def _where(src: str, pos: int) -> str:
     return f"{line}:{col}"
 
 
-def dump(value: Value) -> str:
-    """nlohmann ``dump()``: compact, keys sorted (its objects are std::map), UTF-8 kept."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-
-
-def to_text(value: Value, escape: bool = False) -> str:
-    """How inja prints a value (renderer ``print_data``)."""
-    if value.__class__ is str:
-        return json.dumps(value, ensure_ascii=False)[1:-1] if escape else value
-    if value is None:
-        return ""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value.__class__ is int:
-        return str(value)
-    return dump(value)
-
-
-def truthy(value: Value) -> bool:
-    """inja ``truthy``: json::empty() is false for every string, so "" is true."""
-    if value is True or value is False:
-        return bool(value)
-    if isinstance(value, int | float):
-        return value != 0
-    if value is None:
-        return False
-    if isinstance(value, list | dict):
-        return bool(value)
-    return True
-
-
-def _is_num(v: Value) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def equal(a: Value, b: Value) -> bool:
-    """nlohmann ``==``: numbers compare by value, other types only with their own type."""
-    if _is_num(a) and _is_num(b):
-        return bool(a == b)
-    if type(a) is not type(b):
-        return False
-    return bool(a == b)
-
-
-# nlohmann's order between types: null < boolean < number < object < array < string.
-def _rank(v: Value) -> int:
-    if v is None:
-        return 0
-    if isinstance(v, bool):
-        return 1
-    if _is_num(v):
-        return 2
-    if isinstance(v, dict):
-        return 3
-    if isinstance(v, list):
-        return 4
-    return 5
-
-
-def less(a: Value, b: Value) -> bool:
-    ra, rb = _rank(a), _rank(b)
-    if ra != rb:
-        return ra < rb
-    if ra in (1, 2, 5):
-        return bool(a < b)
-    return False
-
-
-def _text_arg(name: str, v: Value) -> str:
-    if v.__class__ is not str:
-        raise RenderError(f"{name}: expected a string argument, got {to_text(v) or 'null'}")
-    return v
-
-
-def _encode(s: str) -> bytes:
-    return s.encode("utf-8", "surrogateescape")
-
-
-def _decode(b: bytes) -> str:
-    return b.decode("utf-8", "surrogateescape")
-
-
-def _b64_decode(s: str) -> str:
-    # Envoy Base64::decode: padded input only; anything invalid gives "".
-    try:
-        return _decode(binascii.a2b_base64(_encode(s), strict_mode=True))
-    except (binascii.Error, ValueError):
-        return ""
-
-
-def _substring(s: Value, start: Value, length: Value = -1) -> str:
-    # envoy-gloo substring_callback: non-integer positions give ""; len <= 0 or past the end
-    # means "to the end".
-    text = _text_arg("substring", s)
-    if not isinstance(start, int) or isinstance(start, bool):
-        return ""
-    if not isinstance(length, int) or isinstance(length, bool):
-        return ""
-    if start < 0 or start >= len(text):
-        return ""
-    if length <= 0 or start + length > len(text):
-        return text[start:]
-    return text[start : start + length]
-
-
 def _random_for(scope: Scope, pattern: str) -> str:
     # 128 random bits, base64 without padding; the same for every use of one pattern while
     # one transformation renders.
@@ -196,87 +96,6 @@ def _random_for(scope: Scope, pattern: str) -> str:
         value = randoms[pattern] = base64.b64encode(os.urandom(16)).decode().rstrip("=")
     return value
 
-
-def _raw_string(v: Value) -> str:
-    return json.dumps(_text_arg("raw_string", v), ensure_ascii=False)[1:-1]
-
-
-def _length(v: Value) -> int:
-    if isinstance(v, str | list | dict):
-        return len(v)
-    raise RenderError("length: expected a string, array or object")
-
-
-def _at(obj: Value, key: Value) -> Value:
-    try:
-        if isinstance(obj, list) and isinstance(key, int) and not isinstance(key, bool):
-            return obj[key]
-        if isinstance(obj, dict) and isinstance(key, str):
-            return obj[key]
-    except (IndexError, KeyError):
-        pass
-    raise RenderError(f"at: no element {to_text(key)}")
-
-
-def _first_last(index: int) -> Callable[[Value], Value]:
-    def pick(v: Value) -> Value:
-        if isinstance(v, list) and v:
-            return v[index]
-        raise RenderError("first/last: expected a non-empty array")
-
-    return pick
-
-
-def _to_int(v: Value) -> int:
-    try:
-        return int(v) if not isinstance(v, str) else int(float(v))
-    except (TypeError, ValueError):
-        raise RenderError(f"int: cannot convert {to_text(v)!r}") from None
-
-
-def _to_float(v: Value) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise RenderError(f"float: cannot convert {to_text(v)!r}") from None
-
-
-def _join(v: Value, sep: Value) -> str:
-    if not isinstance(v, list):
-        raise RenderError("join: expected an array")
-    return _text_arg("join", sep).join(to_text(x) for x in v)
-
-
-# name -> (min args, max args, implementation over evaluated arguments). Functions that need
-# the scope (header, body, ...) or lazy arguments (default, exists) are built in _call.
-_PURE: dict[str, tuple[int, int, Callable[..., Value]]] = {
-    "base64_encode": (1, 1, lambda s: base64.b64encode(_encode(_text_arg("b64", s))).decode()),
-    "base64_decode": (1, 1, lambda s: _b64_decode(_text_arg("base64_decode", s))),
-    "substring": (2, 3, _substring),
-    "raw_string": (1, 1, _raw_string),
-    "length": (1, 1, _length),
-    "lower": (1, 1, lambda s: _text_arg("lower", s).lower()),
-    "upper": (1, 1, lambda s: _text_arg("upper", s).upper()),
-    "at": (2, 2, _at),
-    "first": (1, 1, _first_last(0)),
-    "last": (1, 1, _first_last(-1)),
-    "int": (1, 1, _to_int),
-    "float": (1, 1, _to_float),
-    "join": (2, 2, _join),
-    "existsIn": (2, 2, lambda o, k: isinstance(o, dict) and isinstance(k, str) and k in o),
-}
-_SCOPED = {
-    "header": (1, 1),
-    "request_header": (1, 1),
-    "extraction": (1, 1),
-    "env": (1, 1),
-    "body": (0, 0),
-    "context": (0, 0),
-    "replace_with_random": (2, 2),
-    "default": (2, 2),
-    "exists": (1, 1),
-}
-FUNCTIONS = frozenset(_PURE) | frozenset(_SCOPED)
 
 _TOKEN = re.compile(
     r"""(?P<str>"(?:[^"\\\n]|\\.)*")
@@ -402,7 +221,7 @@ class _Parser:
             return lambda s: not less(b(s), a(s))
         if op == ">=":
             return lambda s: not less(a(s), b(s))
-        return lambda s: _contains(b(s), a(s))
+        return lambda s: contains(b(s), a(s))
 
     def primary(self) -> Expr:
         tok = self.peek()
@@ -468,14 +287,6 @@ def _const(text: str) -> Part:
     return lambda s: text
 
 
-def _contains(container: Value, item: Value) -> bool:
-    if isinstance(container, list):
-        return any(equal(x, item) for x in container)
-    if isinstance(container, dict):
-        return isinstance(item, str) and item in container
-    return False
-
-
 class Compiler:
     """Compiles the templates of one transformation (they share its notation and env)."""
 
@@ -514,7 +325,7 @@ class Compiler:
             return one
 
         def path(s: Scope) -> Value:
-            found, value = _lookup(s.data, parts)
+            found, value = lookup(s.data, parts)
             if not found:
                 raise RenderError(f"variable '{name}' not found (at {where})")
             return value
@@ -528,7 +339,7 @@ class Compiler:
         pos: int,
         parser: _Parser,
     ) -> Expr:
-        arity = _SCOPED.get(name) or (_PURE[name][:2] if name in _PURE else None)
+        arity = SCOPED.get(name) or (PURE[name][:2] if name in PURE else None)
         if arity is None:
             raise parser.error(f"unknown function {name}", pos)
         lo, hi = arity
@@ -539,8 +350,8 @@ class Compiler:
         self.functions.add(name)
         exprs = [a for a, _ in args]
         literal = json.loads(args[0][1][1]) if args and args[0][1] is not None else None
-        if name in _PURE:
-            fn = _PURE[name][2]
+        if name in PURE:
+            fn = PURE[name][2]
             if len(exprs) == 1:
                 a0 = exprs[0]
                 return lambda s: fn(a0(s))
@@ -553,20 +364,20 @@ class Compiler:
                 return lambda s: s.request_header(lname)
             a0 = exprs[0]
             attr = name
-            return lambda s: getattr(s, attr)(_text_arg(name, a0(s)).lower())
+            return lambda s: getattr(s, attr)(text_arg(name, a0(s)).lower())
         if name == "extraction":
             if literal is not None:
                 key = literal
                 return lambda s: s.extractions.get(key, "")
             a0 = exprs[0]
-            return lambda s: s.extractions.get(_text_arg(name, a0(s)), "")
+            return lambda s: s.extractions.get(text_arg(name, a0(s)), "")
         if name == "env":
             env = self.env
             if literal is not None:
                 value = env.get(literal, "")
                 return lambda s: value
             a0 = exprs[0]
-            return lambda s: env.get(_text_arg(name, a0(s)), "")
+            return lambda s: env.get(text_arg(name, a0(s)), "")
         if name == "body":
             return lambda s: s.body()
         if name == "context":
@@ -576,7 +387,7 @@ class Compiler:
             return lambda s: _replace_random(s, a0(s), a1(s))
         if name == "exists":
             a0 = exprs[0]
-            return lambda s: _lookup(s.data, self._split(_text_arg(name, a0(s))))[0]
+            return lambda s: lookup(s.data, self._split(text_arg(name, a0(s))))[0]
         # default(value, fallback): the fallback when the value is a missing variable.
         a0, a1 = exprs
 
@@ -677,23 +488,9 @@ class Compiler:
         return out
 
 
-def _lookup(data: Value, parts: list[str]) -> tuple[bool, Value]:
-    cur = data
-    for p in parts:
-        if isinstance(cur, dict):
-            if p not in cur:
-                return False, None
-            cur = cur[p]
-        elif isinstance(cur, list) and p.isdigit() and int(p) < len(cur):
-            cur = cur[int(p)]
-        else:
-            return False, None
-    return True, cur
-
-
 def _replace_random(s: Scope, source: Value, pattern: Value) -> str:
-    text = _text_arg("replace_with_random", source)
-    pat = _text_arg("replace_with_random", pattern)
+    text = text_arg("replace_with_random", source)
+    pat = text_arg("replace_with_random", pattern)
     if not pat:
         return text
     return text.replace(pat, _random_for(s, pat))
