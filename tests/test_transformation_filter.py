@@ -565,3 +565,16 @@ def test_head_response_keeps_its_length_and_gets_header_transforms(
     assert r.status == 404 and r.body == b""
     assert r.header("x-was") == "404"
     assert r.header("content-length") == str(len("status 404\n"))
+
+
+def test_stats_count_transformations_and_errors(
+    tproxy: ProxyProcess, send: Callable[..., RawResponse]
+) -> None:
+    send("body.test", "/upload", method="POST", body=b"{broken")
+    send("select.test", "/echo")
+    status, body = tproxy.admin_get("/stats")
+    assert status == 200
+    stats = dict(line.split(": ", 1) for line in body.decode().splitlines() if ": " in line)
+    assert int(stats["transformation.regular.request_error"]) >= 1
+    assert int(stats["transformation.early.request_header_transformations"]) >= 1
+    assert int(stats["transformation.regular.request_body_transformations"]) >= 1
