@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 # request-chain order.
 _MODULES: tuple[str, ...] = (
     "dfproxy.filters.proxy_auth",  # first: who the client is, before anything else runs
+    "dfproxy.filters.transformation:EARLY",  # Gloo stagedTransformations.early
     "dfproxy.filters.jwt",  # Gloo jwtStaged.beforeExtAuth (and the deprecated vhost jwt)
     "dfproxy.filters.ext_authz",  # after JWT (authN), before RBAC and rate limits
     "dfproxy.filters.jwt:AFTER_EXT_AUTH",  # Gloo jwtStaged.afterExtAuth
     "dfproxy.access.policy",  # RBAC and source rules; destination rules after DNS
+    "dfproxy.filters.transformation:REGULAR",  # stagedTransformations.regular, before DFP
 )
 
 

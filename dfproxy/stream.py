@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from dfproxy.cluster import DfpCluster
     from dfproxy.dns.cache import DnsHostInfo
     from dfproxy.downstream import HttpConnection
+    from dfproxy.filters.body_buffer import RequestBodyBuffer, ResponseBodyBuffer
     from dfproxy.router import Matcher, Route
     from dfproxy.upstream.connection import UpstreamConnection
     from dfproxy.upstream.pool import UpstreamPool
@@ -114,6 +115,8 @@ class Stream:
         "replay_size",
         "sent_at",
         "tunnel_eofs",
+        "req_collect",
+        "resp_collect",
     )
 
     def __init__(
@@ -181,6 +184,9 @@ class Stream:
         self.try_deadline = 0.0
         self.sent_at = 0.0  # when the request went upstream (upstream_rq_time)
         self.tunnel_eofs = 0
+        # A filter collecting the whole request / response body (dfproxy.filters.body_buffer).
+        self.req_collect: RequestBodyBuffer | None = None
+        self.resp_collect: ResponseBodyBuffer | None = None
 
     # -- request helpers for filters and matchers ---------------------------------------------
 
@@ -428,6 +434,9 @@ class Stream:
         """A piece of the request body from the codec (already de-chunked)."""
         self.bytes_in += len(data)
         self.active_at = self.conn.listener.now
+        if self.req_collect is not None:
+            self.req_collect.data(self, data)
+            return
         if self.req.chunked:
             data = encode_chunk(data)
         replay = self.replay
@@ -454,6 +463,9 @@ class Stream:
     def request_complete(self, trailers: Headers | None) -> None:
         """The codec saw the end of the request."""
         self.request_done = True
+        if self.req_collect is not None:
+            self.req_collect.complete(self)
+            return
         if self.req.chunked:
             end = last_chunk(trailers)
             if self.replay is not None:
@@ -584,6 +596,7 @@ class Stream:
     # -- response path (called by the upstream connection) ------------------------------------
 
     def upstream_response_head(self, status: int, reason: bytes, raw: Headers) -> None:
+        self.resp_collect = None  # a retried attempt's filters decide again
         try:
             resp = classify_response(raw)
         except ValueError as exc:
@@ -609,11 +622,14 @@ class Stream:
             for f in route.chain.response_headers:
                 f.on_response_headers(self)
             headers = self.resp_headers
+            status = self.resp_status  # a filter may change the status (a transformation)
             if route.response_headers_to_add or route.response_headers_to_remove:
                 headers = _manipulate(
                     headers, route.response_headers_to_add, route.response_headers_to_remove
                 )
         self.resp_headers = headers
+        if self.resp_collect is not None and status != 101:
+            return  # a filter holds the head until the body is complete (send_collected)
         if status == 101:
             if self.upgrade is None:
                 # A 101 nobody asked for (Upgrade absent, or stripped by the route): Envoy
@@ -650,6 +666,9 @@ class Stream:
         self.conn.write(serialize(status_line(status), headers, framing))
 
     def upstream_response_body(self, data: bytes) -> None:
+        if self.resp_collect is not None:
+            self.resp_collect.data(self, data)
+            return
         if self.state != RESPONDING or self.resp_no_body:
             return
         self.active_at = self.conn.listener.now
@@ -667,6 +686,9 @@ class Stream:
 
     def upstream_response_complete(self, trailers: Headers | None) -> None:
         self.upstream = None
+        if self.resp_collect is not None:
+            self.resp_collect.complete(self)
+            return
         if self.state != RESPONDING:
             return
         route = self.route
@@ -679,6 +701,32 @@ class Stream:
                 self.conn.write(encode_chunk(tail) if self.resp_chunked else tail)
         if self.resp_chunked:
             self.conn.write(last_chunk(trailers))
+        self._finish()
+
+    def send_collected(self, body: bytes) -> None:
+        """Write a response whose body a filter collected (``resp_collect``) and may have
+        changed, with ``resp_status`` / ``resp_headers`` as the filter left them, framed by
+        Content-Length; then finish."""
+        self.resp_collect = None
+        if self.state >= RESPONDING:
+            return
+        self.state = RESPONDING
+        status = self.resp_status
+        no_body = self.method == b"HEAD" or status == 204 or status == 304
+        headers = list(self.resp_headers or ())
+        if not no_body:  # (a HEAD answer keeps the origin's Content-Length)
+            headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+            headers.append((b"content-length", b"%d" % len(body)))
+        keep = self.keep_alive and self.request_done and not self.conn.draining
+        framing = CLOSE if not keep else (b"" if self.version_11 else KEEP_ALIVE)
+        self.resp_close = not keep
+        self.resp_headers = headers
+        head = serialize(status_line(status), headers, framing)
+        if no_body:
+            self.conn.write(head)
+        else:
+            self.bytes_out += len(body)
+            self.conn.write(head + body)
         self._finish()
 
     def upstream_upgraded(self, rest: bytes) -> None:

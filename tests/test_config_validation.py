@@ -445,12 +445,12 @@ CASES = [
             vs("""
                 routes: [{routeAction: {dynamicForwardProxy: {}}}]
                 options:
-                  stagedTransformations: {regular: {requestTransforms: []}}
+                  stagedTransformations: {postRouting: {requestTransforms: []}}
                 """),
         ),
         2,
         "spec.virtualHost.options.stagedTransformations",
-        ("not supported yet",),
+        ("postRouting", "not supported"),
     ),
     Case(
         "retries-unknown-retry-on",

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dfproxy.config.schema import jwt as jwt_schema
+from dfproxy.config.schema import transformation as tf
 from dfproxy.config.schema.access import DestinationPolicy, RbacExtensionSettings, SourcePolicy
 from dfproxy.config.schema.extauth import ExtAuthExtension
 from dfproxy.config.schema.extauth import Settings as ExtAuthSettings
@@ -293,6 +294,9 @@ class Matcher(Model):
         return self
 
 
+tf.bind_matcher(Matcher)
+
+
 class DfpRouteConfig(Model):
     host_rewrite: str | None = None
     auto_host_rewrite_header: str | None = None
@@ -388,6 +392,8 @@ class RouteOptions(Model):
     rbac: RbacExtensionSettings | None = None
     destination_policy: DestinationPolicy | None = None
     source_policy: SourcePolicy | None = None
+    staged_transformations: tf.StagedTransformations | None = None
+    transformations: tf.Transformations | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -433,6 +439,8 @@ class VirtualHostOptions(Model):
     rbac: RbacExtensionSettings | None = None
     destination_policy: DestinationPolicy | None = None
     source_policy: SourcePolicy | None = None
+    staged_transformations: tf.StagedTransformations | None = None
+    transformations: tf.Transformations | None = None
 
 
 class VirtualHost(Model):
@@ -456,8 +464,6 @@ class VirtualService(Model):
 # Gloo fields dfproxy knows but has not built yet: a clear error instead of "unknown field".
 NOT_SUPPORTED: dict[str, str] = {
     "dlp": "data loss prevention (options.dlp) is not supported yet",
-    "stagedTransformations": "transformations (stagedTransformations) are not supported yet",
-    "transformations": "transformations are not supported yet",
     "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",
     "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
     "delegateAction": "delegateAction (route delegation) is not supported yet",

@@ -1,0 +1,1 @@
+"""Gloo transformations: inja templates, extractors, and the transformation they make up."""
