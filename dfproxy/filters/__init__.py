@@ -54,9 +54,14 @@ class FilterChain:
         self.upstream_host = tuple(
             f for f in filters if type(f).on_upstream_host is not HttpFilter.on_upstream_host
         )
+        # Envoy runs encoder (response) filters in the reverse of the decoder order: the
+        # filter that saw the request first sees the response last.
+        backwards = filters[::-1]
         self.response_headers = tuple(
-            f for f in filters if type(f).on_response_headers is not HttpFilter.on_response_headers
+            f
+            for f in backwards
+            if type(f).on_response_headers is not HttpFilter.on_response_headers
         )
         self.response_body = tuple(
-            f for f in filters if type(f).on_response_body is not HttpFilter.on_response_body
+            f for f in backwards if type(f).on_response_body is not HttpFilter.on_response_body
         )
