@@ -154,6 +154,9 @@ class AdminServer(AdminHttp):
             "version": __version__,
             "state": self.server.state,
             "uptime_current_epoch": f"{int(time.time() - self.started)}s",
+            "uptime_all_epochs": f"{int(time.time() - self.started)}s",
+            "hot_restart_version": "disabled",
+            "node": {"id": "dfproxy", "user_agent_name": "dfproxy"},
             "command_line_options": {"argv": sys.argv, "concurrency": 1},
             "config_version": self.server.config.version,
         }

@@ -22,6 +22,7 @@ Query = dict[str, list[str]]
 Reply = tuple[int, str, bytes]
 Handler = Callable[[Query], Awaitable[Reply]]
 MAX_HEAD = 16 * 1024
+CLOSE_WAIT = 1.0  # seconds for open admin connections to end at shutdown
 
 # The dashboard: path -> (file in dfproxy/admin_ui, content type).
 UI_FILES = {
@@ -53,6 +54,7 @@ class AdminHttp:
             self.routes[path] = self._static(name, ctype)
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _static(name: str, ctype: str) -> Handler:
@@ -71,9 +73,16 @@ class AdminHttp:
             for writer in list(self._clients):
                 writer.close()  # idle keep-alive admin clients would hold wait_closed()
             await self._server.wait_closed()
+            # Let the handlers see their EOF and end: a handler still pending when the loop
+            # stops is cancelled, and asyncio logs that as an error.
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=CLOSE_WAIT)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             while True:
                 try:
@@ -108,6 +117,8 @@ class AdminHttp:
                     return
         finally:
             self._clients.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
             writer.close()
 
     async def _respond(

@@ -220,6 +220,9 @@ class SupervisorAdmin(AdminHttp):
                 "version": __version__,
                 "state": self.sup.state,
                 "uptime_current_epoch": f"{int(time.time() - self.started)}s",
+                "uptime_all_epochs": f"{int(time.time() - self.started)}s",
+                "hot_restart_version": "disabled",
+                "node": {"id": "dfproxy", "user_agent_name": "dfproxy"},
                 "command_line_options": {"argv": sys.argv, "concurrency": len(self.sup.workers)},
                 "config_version": self.sup.config.version,
             }

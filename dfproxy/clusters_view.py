@@ -42,6 +42,7 @@ def host_stats(info: DnsHostInfo) -> dict[str, int]:
         "rq_active": info.rq_active,
         "rq_error": info.rq_error,
         "rq_success": info.rq_total - info.rq_active - info.rq_error,
+        "rq_timeout": info.rq_timeout,
         "rq_total": info.rq_total,
     }
 
@@ -71,7 +72,13 @@ def cluster_statuses(runtime: Runtime) -> dict[str, Any]:
                 continue
             hosts.append(
                 {
-                    "address": {"socket_address": {"address": addr[0], "port_value": info.port}},
+                    "address": {
+                        "socket_address": {
+                            "protocol": "TCP",
+                            "address": addr[0],
+                            "port_value": info.port,
+                        }
+                    },
                     "stats": [_metric(k, v) for k, v in host_stats(info).items()],
                     "health_status": {"eds_health_status": "HEALTHY"},
                     "weight": 1,

@@ -890,6 +890,8 @@ class Stream:
                 host.rq_active -= 1
                 if self.resp_status >= 500:
                     host.rq_error += 1
+                    if self.flags == rf.UPSTREAM_REQUEST_TIMEOUT:
+                        host.rq_timeout += 1
             if self.retry_slot:
                 self.retry_slot = False
                 pool.breakers.retries.release()

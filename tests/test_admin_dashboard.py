@@ -91,8 +91,12 @@ return n;
 """
 
 
-def test_dashboard_live_in_chromium(browser: Any, proxy_factory, origin: OriginServer) -> None:
-    p: ProxyProcess = proxy_factory()
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_dashboard_live_in_chromium(
+    browser: Any, proxy_factory, origin: OriginServer, workers: int
+) -> None:
+    args = ("--workers", str(workers)) if workers > 1 else ()
+    p: ProxyProcess = proxy_factory(*args, timeout=30)
     host = f"shop.test:{origin.port}"
     for path, n in (("/echo", 5), ("/missing", 3), ("/status/503", 2)):
         for _ in range(n):
@@ -115,12 +119,13 @@ def test_dashboard_live_in_chromium(browser: Any, proxy_factory, origin: OriginS
     # tiles, latency and breakers from the stats
     wait_js(browser, "document.getElementById('k-total').textContent === '10'", "total tile")
     assert "downstream_rq_time" in table_text(browser, "latency")
-    assert "1,024" in str(
-        browser.execute_script("return document.getElementById('breakers').innerText")
-    )
+    breakers = str(browser.execute_script("return document.getElementById('breakers').innerText"))
+    assert f"{1024 * workers:,}" in breakers  # the dashboard shows limits per worker × workers
     assert browser.find_element("id", "state").text == "LIVE"
     OUTPUT.mkdir(exist_ok=True)
-    browser.save_screenshot(str(OUTPUT / "dashboard.png"))
+    wait_js(browser, f"document.getElementById('workers').textContent === '{workers}'", "info")
+    suffix = "" if workers == 1 else f"-{workers}-workers"
+    browser.save_screenshot(str(OUTPUT / f"dashboard{suffix}.png"))
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == []
 

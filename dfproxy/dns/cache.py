@@ -103,6 +103,7 @@ class DnsHostInfo:
         "rq_total",
         "rq_active",
         "rq_error",
+        "rq_timeout",
         "cx_total",
         "cx_active",
         "cx_connect_fail",
@@ -122,7 +123,7 @@ class DnsHostInfo:
         self.waiters: list[Waiter] | None = None
         self.resolving = False
         self.backoff: Backoff | None = None
-        self.rq_total = self.rq_active = self.rq_error = 0
+        self.rq_total = self.rq_active = self.rq_error = self.rq_timeout = 0
         self.cx_total = self.cx_active = self.cx_connect_fail = 0
 
     @property
