@@ -8,6 +8,7 @@ The dashboard (``/``) is three files in the package (``dfproxy/admin_ui/``), rea
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -23,6 +24,14 @@ Reply = tuple[int, str, bytes]
 Handler = Callable[[Query], Awaitable[Reply]]
 MAX_HEAD = 16 * 1024
 CLOSE_WAIT = 1.0  # seconds for open admin connections to end at shutdown
+MAX_BODY = 64 * 1024  # request bodies are read and dropped up to this size
+
+# Endpoints that change the server: POST only, as Envoy (admin.rst: "All mutations must be
+# sent as HTTP POST"), so a page in the operator's browser cannot trigger them with a link or
+# an image. /logging mutates only with a query (a level to set).
+MUTATIONS = frozenset(
+    {"/drain_listeners", "/healthcheck/fail", "/healthcheck/ok", "/reset_counters", "/logging"}
+)
 
 # The dashboard: path -> (file in dfproxy/admin_ui, content type).
 UI_FILES = {
@@ -55,6 +64,26 @@ class AdminHttp:
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.local_only = True
+
+    @staticmethod
+    def host_allowed(host: bytes | None) -> bool:
+        """On a loopback admin, the Host must name loopback (an IP literal or localhost): a
+        web page that rebinds its own DNS name to 127.0.0.1 must not read the admin port."""
+        if host is None:
+            return True  # HTTP/1.0 without Host: not a browser
+        name = host.decode("latin-1").strip().lower()
+        if name.startswith("["):
+            name = name[1 : name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.split(":", 1)[0]
+        if name == "localhost" or name.endswith(".localhost"):
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
     @staticmethod
     def _static(name: str, ctype: str) -> Handler:
@@ -64,6 +93,10 @@ class AdminHttp:
         return serve
 
     async def start(self, host: str, port: int) -> int:
+        try:
+            self.local_only = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            self.local_only = host == "localhost"
         self._server = await asyncio.start_server(self._handle, host, port)
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -100,10 +133,33 @@ class AdminHttp:
                 lower = head.lower()
                 # Honour Connection: close (and HTTP/1.0): a client reading to EOF waits else.
                 close = version == "HTTP/1.0" or b"\r\nconnection: close" in lower
+                headers = _headers(lower)
+                try:
+                    length = int(headers.get(b"content-length", b"0"))
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_BODY or b"transfer-encoding" in headers:
+                    await self._respond(writer, 413, "text/plain", b"body not accepted\n", True)
+                    return
+                if length:
+                    try:
+                        await reader.readexactly(length)  # no endpoint takes a body
+                    except (asyncio.IncompleteReadError, ConnectionError):
+                        return
                 url = urlsplit(target)
                 handler = self.routes.get(url.path)
-                if handler is None:
+                if self.local_only and not self.host_allowed(headers.get(b"host")):
+                    status, ctype = 403, "text/plain"
+                    body = b"Host not allowed: this admin port answers only loopback names\n"
+                elif handler is None:
                     status, ctype, body = 404, "text/plain", b"invalid path\n"
+                elif (
+                    url.path in MUTATIONS
+                    and method != "POST"
+                    and (url.query or url.path != "/logging")
+                ):
+                    status, ctype = 405, "text/plain"
+                    body = f"Method {method} not allowed, POST required.\n".encode()
                 else:
                     try:
                         status, ctype, body = await handler(parse_qs(url.query))
@@ -144,3 +200,13 @@ class AdminHttp:
             await writer.drain()
         except ConnectionError:
             pass
+
+
+def _headers(lower_head: bytes) -> dict[bytes, bytes]:
+    """The request's header fields (names lower case; a repeated name keeps its last)."""
+    out = {}
+    for line in lower_head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            out[name.strip()] = value.strip()
+    return out

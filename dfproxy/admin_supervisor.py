@@ -61,8 +61,8 @@ class SupervisorAdmin(AdminHttp):
 
     # -- talking to workers ---------------------------------------------------------------------
 
-    async def fetch(self, worker: Worker, path: str) -> tuple[int, bytes]:
-        """GET ``path`` from one worker's admin: (status, body)."""
+    async def fetch(self, worker: Worker, path: str, method: str = "GET") -> tuple[int, bytes]:
+        """``method path`` on one worker's admin: (status, body)."""
         if not worker.admin_port:
             raise WorkerUnavailable(f"worker {worker.index} is not ready")
         try:
@@ -70,8 +70,8 @@ class SupervisorAdmin(AdminHttp):
                 reader, writer = await asyncio.open_connection("127.0.0.1", worker.admin_port)
                 try:
                     writer.write(
-                        f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-                        "connection: close\r\n\r\n".encode()
+                        f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                        "content-length: 0\r\nconnection: close\r\n\r\n".encode()
                     )
                     data = await reader.read()
                 finally:
@@ -240,7 +240,7 @@ class SupervisorAdmin(AdminHttp):
 
     async def _broadcast(self, path: str) -> list[tuple[int, bytes] | BaseException]:
         return await asyncio.gather(
-            *(self.fetch(w, path) for w in self.sup.workers), return_exceptions=True
+            *(self.fetch(w, path, "POST") for w in self.sup.workers), return_exceptions=True
         )
 
     def _command(self, path: str) -> Any:

@@ -60,7 +60,10 @@ def test_drain_listeners_stops_accepting_but_keeps_running(
 
     p: ProxyProcess = proxy_factory()
     assert p.curl(origin.url("/echo")).http_code == 200
-    status, body = p.admin_get("/drain_listeners")
+    # a mutation by GET is refused (Envoy: POST only), and changes nothing
+    assert p.admin_get("/drain_listeners") == (405, b"Method GET not allowed, POST required.\n")
+    assert p.admin_get("/ready") == (200, b"LIVE\n")
+    status, body = p.admin_request("POST", "/drain_listeners")
     assert (status, body) == (200, b"OK\n")
     status, body = p.admin_get("/ready")
     assert (status, body) == (503, b"DRAINING\n")
@@ -228,3 +231,33 @@ def test_active_tunnel_gauge(proxy_factory, tcp_echo_server) -> None:
         stats = _stats(p)
         assert stats["http.gateway-proxy.downstream_cx_upgrades_active"] == 1
         assert stats["http.gateway-proxy.downstream_cx_active"] == 1
+
+
+def test_admin_refuses_foreign_host_names_and_get_mutations(proxy_factory) -> None:
+    import http.client
+
+    p: ProxyProcess = proxy_factory()
+
+    def get(host: str, path: str = "/stats", method: str = "GET", body: bytes = b"") -> Any:
+        conn = http.client.HTTPConnection("127.0.0.1", p.admin_port, timeout=5)
+        try:
+            conn.putrequest(method, path, skip_host=True)
+            conn.putheader("Host", host)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            res = conn.getresponse()
+            return res.status, res.read()
+        finally:
+            conn.close()
+
+    # DNS rebinding: a page whose name now points at 127.0.0.1 must not read the admin port
+    status, body = get("attacker.example:19000")
+    assert status == 403 and b"loopback" in body
+    for host in (f"127.0.0.1:{p.admin_port}", "localhost", "[::1]:19000", "app.localhost"):
+        assert get(host)[0] == 200, host
+    for path in ("/healthcheck/fail", "/reset_counters", "/logging?level=debug"):
+        assert get("127.0.0.1", path)[0] == 405, path
+    assert get("127.0.0.1", "/logging")[0] == 200  # listing levels changes nothing
+    # a POST body is read and dropped; the connection stays usable
+    assert get("127.0.0.1", "/reset_counters", "POST", b"x" * 100) == (200, b"OK\n")
+    assert get("127.0.0.1", "/reset_counters", "POST", b"x" * (65 * 1024))[0] == 413

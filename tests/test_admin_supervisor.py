@@ -110,7 +110,7 @@ def test_clusters_dns_and_dashboard_data_cover_both_workers(workers) -> None:
 
 def test_drain_listeners_reaches_every_worker(workers) -> None:
     p, _ = workers
-    assert p.admin_get("/drain_listeners") == (200, b"OK\n")
+    assert p.admin_request("POST", "/drain_listeners") == (200, b"OK\n")
     assert p.admin_get("/ready") == (503, b"DRAINING\n")
     for w in _json(p, "/workers"):
         status, body = _get(int(w["admin_port"]), "/ready")
@@ -139,9 +139,10 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 
 def test_commands_reach_every_worker(workers) -> None:
     p, _ = workers
-    assert p.admin_get("/reset_counters") == (200, b"OK\n")
+    assert p.admin_get("/reset_counters")[0] == 405
+    assert p.admin_request("POST", "/reset_counters") == (200, b"OK\n")
     assert _scalars(p)[HTTP + "downstream_rq_total"] == 0
-    status, body = p.admin_get("/logging?level=info")
+    status, body = p.admin_request("POST", "/logging?level=info")
     assert status == 200 and b"dfproxy: info" in body
     for w in _json(p, "/workers"):
         assert b"dfproxy: info" in _get(int(w["admin_port"]), "/logging")[1]
