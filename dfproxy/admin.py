@@ -27,12 +27,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("dfproxy.admin")
 
 
+PROMETHEUS = "text/plain; version=0.0.4"
+
+
 def json_reply(data: Any) -> Reply:
     return 200, "application/json", json.dumps(data, indent=1).encode()
 
 
-def stats_reply(snap: stats_views.Snapshot, q: Query) -> Reply:
-    """/stats in Envoy's text or JSON form, with ``filter=`` and ``usedonly``."""
+def stats_reply(snap: stats_views.Snapshot, q: Query, prometheus: bool = False) -> Reply:
+    """/stats in Envoy's text or JSON form (or /stats/prometheus), with ``filter=`` and
+    ``usedonly``."""
     pattern = arg(q, "filter")
     rx = None
     if pattern:
@@ -41,6 +45,8 @@ def stats_reply(snap: stats_views.Snapshot, q: Query) -> Reply:
         except re.error as exc:
             return 400, "text/plain", f"invalid regex: {exc}\n".encode()
     snap = stats_views.select(snap, rx, "usedonly" in q)
+    if prometheus or arg(q, "format") == "prometheus":
+        return 200, PROMETHEUS, stats_views.render_prometheus(snap).encode()
     if arg(q, "format") == "json":
         return json_reply(stats_views.render_json(snap))
     return 200, "text/plain", stats_views.render_text(snap).encode()
@@ -121,8 +127,7 @@ class AdminServer(AdminHttp):
         return stats_reply(stats_views.snapshot(self.server.stats), q)
 
     async def prometheus(self, q: Query) -> Reply:
-        body = stats_views.render_prometheus(stats_views.snapshot(self.server.stats))
-        return 200, "text/plain; version=0.0.4", body.encode()
+        return stats_reply(stats_views.snapshot(self.server.stats), q, prometheus=True)
 
     async def stats_raw(self, q: Query) -> Reply:
         """Every stat with histogram bucket counts (what the supervisor merges)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -136,7 +137,7 @@ class SupervisorAdmin(AdminHttp):
         snap = await self._snapshot(q)
         if isinstance(snap, str):
             return 400, "text/plain", snap.encode()
-        return 200, "text/plain; version=0.0.4", stats_views.render_prometheus(snap).encode()
+        return stats_reply(snap, q, prometheus=True)
 
     async def stats_raw(self, q: Query) -> Reply:
         snap = await self._snapshot(q)
@@ -213,8 +214,6 @@ class SupervisorAdmin(AdminHttp):
         )
 
     async def server_info(self, q: Query) -> Reply:
-        import sys
-
         return json_reply(
             {
                 "version": __version__,

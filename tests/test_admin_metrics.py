@@ -32,6 +32,11 @@ def test_prometheus_exposition_parses_and_carries_envoy_tags(
         for s in rq.samples
     )
     assert "envoy_dns_cache_num_hosts" in families
+    # Envoy's filter= and usedonly apply here too
+    status, body = p.admin_get("/stats/prometheus?usedonly&filter=upstream_rq")
+    names = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert "envoy_cluster_upstream_rq" in names and "envoy_dns_cache_num_hosts" not in names
+    assert "envoy_cluster_upstream_rq_retry" not in names  # never used
 
 
 def test_request_time_histograms(proxy_factory, origin: OriginServer) -> None:
