@@ -139,3 +139,42 @@ def test_dashboard_files_are_served_without_external_assets(proxy_factory) -> No
         assert status == 200 and len(body) > 1000
         assert b"http://" not in body and b"https://" not in body  # nothing from outside
     assert b"http://" not in html and b"https://" not in html
+
+
+def test_without_an_access_log_recent_requests_are_kept_only_once_watched(
+    tmp_path: Path, dns_server, origin: OriginServer
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import wait_for
+    from tests.support.clients import RawClient, clean_env
+
+    ports = tmp_path / "ports.json"
+    cmd = [sys.executable, "-m", "dfproxy", "run", "--listen", "127.0.0.1:0", "--admin"]
+    cmd += ["127.0.0.1:0", "--ports-file", str(ports), "--dns-resolver", dns_server.address]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=clean_env(), stderr=subprocess.DEVNULL)
+    try:
+        wait_for(ports.exists, 15, "the proxy to start")
+        info = json.loads(ports.read_text())
+
+        def get(url: str) -> int:
+            with RawClient("127.0.0.1", info["listen"], timeout=5) as c:
+                return c.request("GET", url).status
+
+        def recent() -> list[dict[str, Any]]:
+            with RawClient("127.0.0.1", info["admin"], timeout=5) as c:
+                res = c.request("GET", "/access_log", headers=[("Host", "127.0.0.1")])
+                entries: list[dict[str, Any]] = json.loads(res.body)["entries"]
+                return entries
+
+        url = f"http://quiet.test:{origin.port}/echo"
+        assert get(url) == 200
+        assert recent() == []  # nobody was watching: no entry was built
+        assert get(url + "?watched") == 200  # the poll above plugged the ring in
+        [entry] = recent()
+        assert entry["path"] == "/echo?watched" and entry["response_code"] == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
