@@ -75,7 +75,7 @@ class Listener:
             lambda: sum(1 for c in self.connections if c.tunnel is not None),
         )
         stats.computed_gauge(
-            p + "downstream_rq_active", lambda: sum(1 for c in self.connections if c.streams)
+            p + "downstream_rq_active", lambda: sum(len(c.streams) for c in self.connections)
         )
 
     def rename(self, name: str, stats: StatsStore) -> None:
