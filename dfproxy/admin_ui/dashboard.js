@@ -276,11 +276,13 @@ function onDns(data) {
   }
   const rows = [];
   for (const [worker, cache] of caches) {
-    for (const h of cache.hosts) {
+    const hosts = cache.hosts.slice().sort((a, b) => a.host.localeCompare(b.host));
+    for (const h of hosts) {
       rows.push((tr) => {
         cell(tr, worker === null ? h.host : `${h.host}  (worker ${worker})`, "mono");
         cell(tr, (h.addresses || []).join(", "), "mono wrap");
-        cell(tr, h.status);
+        const ok = h.status === "success" || h.status === "empty";
+        cell(tr, h.status, h.status === "resolving" ? "muted" : ok ? "s2" : "s5");
         cell(tr, fmtAgo(h.resolved_seconds_ago), "num");
         cell(tr, fmtAgo(h.last_used_seconds_ago), "num");
         cell(
@@ -288,7 +290,7 @@ function onDns(data) {
           h.next_refresh_in_seconds === null ? "–" : "in " + fmtAgo(h.next_refresh_in_seconds),
           "num",
         );
-        cell(tr, h.failures, "num");
+        cell(tr, h.failures, h.failures ? "num s5" : "num");
       });
     }
   }
