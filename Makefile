@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml | $(VPY)
 run: $(STAMP)
 	$(VPY) -m dfproxy run $(ARGS)
 
-# System packages the tests drive for real (curl as the client, jq for the seeds' commands).
+# System packages the tests drive for real (curl as the client, jq for the seeds' commands,
+# headless Chromium and its driver for the admin dashboard).
 deps:
 	@command -v curl >/dev/null && command -v jq >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dfproxy tests bench

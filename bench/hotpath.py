@@ -23,6 +23,7 @@ import uvloop
 from dfproxy.config.model import default_config
 from dfproxy.downstream import HttpConnection
 from dfproxy.http.authority import parse_authority
+from dfproxy.recent import RecentRequests
 from dfproxy.runtime import Runtime
 from dfproxy.stats import StatsStore
 from dfproxy.upstream.connection import UpstreamConnection
@@ -82,7 +83,7 @@ class FakeTransport:
         return True
 
 
-async def run(n: int, profile: bool, hosts: int) -> None:
+async def run(n: int, profile: bool, hosts: int, recent: bool = False) -> None:
     loop = asyncio.get_running_loop()
     config = default_config()
     dfp = config.listeners[0].dfp
@@ -101,6 +102,8 @@ async def run(n: int, profile: bool, hosts: int) -> None:
     up.request_done = True
     up.mark_idle()
     cluster.pool.idle[up.key] = [up]  # filed as the pool files it: (peer ip, port, TLS name)
+    if recent:  # what a watched dashboard costs: an access-log entry per request, in a ring
+        listener.access_log = RecentRequests()  # type: ignore[assignment]
     down = HttpConnection(listener)
     down_t = FakeTransport(("127.0.0.1", 50000))
     down.connection_made(down_t)  # type: ignore[arg-type]
@@ -146,8 +149,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--hosts", type=int, default=0, help="rotate over N names (DNS cache)")
+    parser.add_argument(
+        "--recent", action="store_true", help="feed the dashboard's recent-requests ring"
+    )
     args = parser.parse_args()
-    uvloop.run(run(args.requests, args.profile, args.hosts))
+    uvloop.run(run(args.requests, args.profile, args.hosts, args.recent))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ import asyncio
 import json
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import IO
 
 FLUSH_INTERVAL = 1.0
 FLUSH_BYTES = 64 * 1024
+RECENT_ENTRIES = 100
 
 
 @dataclass(slots=True)
@@ -60,34 +62,33 @@ def format_envoy(e: LogEntry) -> str:
     )
 
 
+def entry_dict(e: LogEntry) -> dict[str, object]:
+    """The entry as the JSON format's object (Envoy's command-operator names, lower case)."""
+    return {
+        "start_time": _iso(e.start_time),
+        "method": e.method,
+        "path": e.path or None,
+        "protocol": e.protocol,
+        "response_code": e.status,
+        "response_flags": e.flags or "-",
+        "response_code_details": e.details,
+        "bytes_received": e.bytes_received,
+        "bytes_sent": e.bytes_sent,
+        "duration": e.duration_ms,
+        "x_forwarded_for": e.forwarded_for,
+        "user_agent": e.user_agent,
+        "request_id": e.request_id,
+        "authority": e.authority,
+        "upstream_host": e.upstream_host,
+        "upstream_address": e.upstream_address,
+        "downstream_remote_address": e.downstream_remote_address,
+        "proxy_user": e.proxy_user,
+    }
+
+
 def format_json(e: LogEntry) -> str:
     """One JSON object per line, Envoy's command-operator names in lower case."""
-    return (
-        json.dumps(
-            {
-                "start_time": _iso(e.start_time),
-                "method": e.method,
-                "path": e.path or None,
-                "protocol": e.protocol,
-                "response_code": e.status,
-                "response_flags": e.flags or "-",
-                "response_code_details": e.details,
-                "bytes_received": e.bytes_received,
-                "bytes_sent": e.bytes_sent,
-                "duration": e.duration_ms,
-                "x_forwarded_for": e.forwarded_for,
-                "user_agent": e.user_agent,
-                "request_id": e.request_id,
-                "authority": e.authority,
-                "upstream_host": e.upstream_host,
-                "upstream_address": e.upstream_address,
-                "downstream_remote_address": e.downstream_remote_address,
-                "proxy_user": e.proxy_user,
-            },
-            separators=(",", ":"),
-        )
-        + "\n"
-    )
+    return json.dumps(entry_dict(e), separators=(",", ":")) + "\n"
 
 
 class AccessLog:
@@ -100,9 +101,11 @@ class AccessLog:
         self._buffer: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
-        self.recent: list[str] = []  # the last lines, for the admin view
+        # The last entries, for the dashboard (dfproxy.recent): one deque append per request.
+        self.recent: deque[LogEntry] = deque(maxlen=RECENT_ENTRIES)
 
     def log(self, entry: LogEntry) -> None:
+        self.recent.append(entry)
         line = self.format(entry)
         self._buffer.append(line)
         self._size += len(line)
@@ -124,7 +127,6 @@ class AccessLog:
         if self._buffer:
             self._file.write("".join(self._buffer))
             self._file.flush()
-            self.recent = (self.recent + self._buffer)[-50:]
             self._buffer.clear()
             self._size = 0
 

@@ -69,6 +69,14 @@ class Listener:
         self.st_rq_class = [stats.counter(p + f"downstream_rq_{n}xx") for n in range(1, 6)]
         self.st_tunnels = stats.counter(p + "downstream_cx_upgrades_total")
         self.st_rq_time = stats.histogram(p + "downstream_rq_time")
+        # Envoy's active gauges, counted over the open connections when read (admin only).
+        stats.computed_gauge(
+            p + "downstream_cx_upgrades_active",
+            lambda: sum(1 for c in self.connections if c.tunnel is not None),
+        )
+        stats.computed_gauge(
+            p + "downstream_rq_active", lambda: sum(len(c.streams) for c in self.connections)
+        )
 
     def rename(self, name: str, stats: StatsStore) -> None:
         """A reload renamed the Gateway on this address: count under the new name from now."""

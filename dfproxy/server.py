@@ -265,44 +265,6 @@ class Server:
 
     # -- views for the admin server -------------------------------------------------------------
 
-    def stats_items(self) -> list[tuple[str, int]]:
-        return list(self.stats.items())
-
-    def clusters_view(self) -> dict[str, Any]:
-        assert self.runtime is not None
-        statuses = []
-        for cluster in self.runtime.clusters.values():
-            cb = self._cluster_cb(cluster.name)
-            hosts = []
-            for info in cluster.dns_cache.hosts.values():
-                addr = info.address
-                if addr is None:
-                    continue
-                ip = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
-                hosts.append(
-                    {
-                        "address": f"{ip}:{info.port}",
-                        "hostname": info.key,
-                        "stats": {},
-                        "health_status": {"eds_health_status": "HEALTHY"},
-                        "weight": 1,
-                    }
-                )
-            statuses.append({"name": cluster.name, "circuit_breakers": cb, "host_statuses": hosts})
-        return {"cluster_statuses": statuses}
-
-    def _cluster_cb(self, name: str) -> dict[str, int]:
-        for spec, _ in self.runtime.listeners if self.runtime else []:
-            if spec.dfp is not None and spec.dfp.cluster_name == name:
-                cb = spec.dfp.circuit_breakers
-                return {
-                    "max_connections": cb.max_connections,
-                    "max_pending_requests": cb.max_pending_requests,
-                    "max_requests": cb.max_requests,
-                    "max_retries": cb.max_retries,
-                }
-        return {}
-
     def dns_cache_view(self) -> dict[str, Any]:
         assert self.runtime is not None
         import time

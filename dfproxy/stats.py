@@ -7,7 +7,7 @@ object it looked up once at start-up, never a dict lookup by name per request.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 
 class Counter:
@@ -91,14 +91,6 @@ class Histogram:
             lower = upper
         return lower
 
-    def summary(self) -> str:
-        """Envoy-like /stats text: P50, P90, P99 in ms."""
-        parts = []
-        for q in (0.5, 0.9, 0.99):
-            v = self.quantile(q)
-            parts.append(f"P{int(q * 100)}({'nan' if v is None else f'{v:.3g}'})")
-        return " ".join(parts)
-
     def reset(self) -> None:
         self.counts = [0] * (len(BUCKETS_MS) + 1)
         self.sum = 0.0
@@ -150,12 +142,6 @@ class StatsStore:
 
     def remove_gauge(self, name: str) -> None:
         self.gauges.pop(name, None)
-
-    def items(self) -> Iterator[tuple[str, int]]:
-        """Every stat as (name, value), sorted by name."""
-        merged = {name: c.value for name, c in self.counters.items()}
-        merged.update((name, g.value) for name, g in self.gauges.items())
-        return iter(sorted(merged.items()))
 
     def reset_counters(self) -> None:
         for c in self.counters.values():

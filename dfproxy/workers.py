@@ -2,8 +2,9 @@
 
 The parent binds nothing it serves: it reserves the listener ports (so port 0 resolves to one
 port for every worker), starts the workers as ``dfproxy run --worker-index I``, restarts any
-that dies, serves the admin port with figures summed over the workers (each worker has a
-private admin port on loopback), and on SIGTERM/SIGINT passes the signal on and waits.
+that dies, serves the admin port with figures merged over the workers (admin_supervisor.py;
+each worker has a private admin port on loopback), and on SIGTERM/SIGINT passes the signal on
+and waits.
 Each worker keeps its own DNS cache (as each Envoy worker keeps its own connection pools);
 see docs/workers.md.
 """
@@ -21,10 +22,10 @@ import socket
 import sys
 import tempfile
 import time
-import urllib.parse
 from typing import Any
 
 from dfproxy import loop as loops
+from dfproxy.admin_supervisor import SupervisorAdmin
 from dfproxy.config.model import ProxyConfig
 from dfproxy.server import write_ports_file
 
@@ -162,13 +163,13 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
-        admin_server = None
+        admin_server: SupervisorAdmin | None = None
         ports: dict[str, Any] = {"listen": self.ports[0], "listeners": {}}
         for spec, port in zip(self.config.listeners, self.ports, strict=True):
             ports["listeners"][spec.name] = port
         if self.admin is not None:
-            admin_server = await asyncio.start_server(self._admin, *self.admin)
-            ports["admin"] = admin_server.sockets[0].getsockname()[1]
+            admin_server = SupervisorAdmin(self)
+            ports["admin"] = await admin_server.start(*self.admin)
         self.state = "LIVE"
         if self.args.ports_file:
             write_ports_file(self.args.ports_file, ports)
@@ -186,119 +187,17 @@ class Supervisor:
         for t in watchers:
             t.cancel()
         if admin_server is not None:
-            admin_server.close()
+            await admin_server.close()
         return 0
 
-    # -- admin: /ready here, everything else summed over the workers' own admin ports ---------
-
-    async def _admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            target = head.split(b" ", 2)[1].decode("latin-1")
-            url = urllib.parse.urlsplit(target)
-            if url.path == "/ready":
-                status = 200 if self.state == "LIVE" else 503
-                body = f"{self.state}\n".encode()
-                ctype = "text/plain"
-            elif url.path == "/stats":
-                status, ctype, body = 200, "text/plain", await self._summed_stats(url.query)
-            elif url.path == "/config_dump":
-                # Every worker runs the same configuration: worker 0 answers for all.
-                status, ctype = 200, "application/json"
-                body = await self._fetch(self.workers[0].admin_port, target)
-            elif url.path == "/config_status":
-                status, ctype = 200, "application/json"
-                body = await self._config_status()
-            elif url.path in ("/dns_cache", "/clusters"):
-                status, ctype = 200, "application/json"
-                body = await self._per_worker(url.path + "?format=json")
-            elif url.path == "/workers":
-                status, ctype = 200, "application/json"
-                body = json.dumps(
-                    [
-                        {
-                            "index": w.index,
-                            "pid": w.process.pid if w.process else None,
-                            "restarts": w.restarts,
-                            "admin_port": w.admin_port,
-                        }
-                        for w in self.workers
-                    ]
-                ).encode()
-            else:
-                status, ctype, body = 404, "text/plain", b"invalid path\n"
-            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ConnectionError,
-            IndexError,
-        ):
-            pass
-        finally:
-            writer.close()
-
-    async def _fetch(self, port: int, path: str) -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n".encode()
-            )
-            data = await reader.read()
-        finally:
-            writer.close()
-        return data.split(b"\r\n\r\n", 1)[1]
-
-    async def _per_worker(self, path: str) -> bytes:
-        """Each worker's own JSON view, side by side (each worker has its own DNS cache)."""
-        results = await asyncio.gather(
-            *(self._fetch(w.admin_port, path) for w in self.workers), return_exceptions=True
-        )
-        views = []
-        for w, res in zip(self.workers, results, strict=True):
-            entry: dict[str, Any] = {"worker": w.index, "pid": w.process.pid if w.process else None}
-            if isinstance(res, BaseException):
-                entry["error"] = str(res) or type(res).__name__
-            else:
-                entry["view"] = json.loads(res)
-            views.append(entry)
-        return json.dumps({"workers": views}, indent=1).encode()
-
-    async def _config_status(self) -> bytes:
-        """One view as a single process gives it: the version every worker runs (or
-        "mixed" while a reload is under way), the latest rejection, and each worker's own."""
-        views = json.loads(await self._per_worker("/config_status"))["workers"]
-        ok = [w["view"] for w in views if "view" in w]
-        versions = {v["active"]["version"] for v in ok}
-        rejected = [v["last_rejected"] for v in ok if v.get("last_rejected")]
-        active = dict(ok[0]["active"]) if ok else {}
-        if len(versions) > 1:
-            active["version"] = "mixed"
-        out = {
-            "active": active,
-            "last_rejected": max(rejected, key=lambda r: r.get("time", 0)) if rejected else None,
-            "workers": views,
-        }
-        return json.dumps(out, indent=1).encode()
-
-    async def _summed_stats(self, query: str) -> bytes:
-        """Counters and gauges summed over workers (Envoy sums across its workers too)."""
-        totals: dict[str, int] = {}
-        results = await asyncio.gather(
-            *(self._fetch(w.admin_port, f"/stats?format=json&{query}") for w in self.workers),
-            return_exceptions=True,
-        )
-        for res in results:
-            if isinstance(res, BaseException):
-                continue
-            for item in json.loads(res)["stats"]:
-                if "name" not in item:
-                    continue  # histograms: per worker only for now (not merged across workers)
-                totals[item["name"]] = totals.get(item["name"], 0) + int(item["value"])
-        return "".join(f"{k}: {v}\n" for k, v in sorted(totals.items())).encode()
+    def worker_list(self) -> list[dict[str, Any]]:
+        """The workers, for the admin ``/workers``."""
+        return [
+            {
+                "index": w.index,
+                "pid": w.process.pid if w.process else None,
+                "restarts": w.restarts,
+                "admin_port": w.admin_port,
+            }
+            for w in self.workers
+        ]

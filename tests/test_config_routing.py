@@ -365,7 +365,8 @@ def test_seed_dfp_circuit_breakers_default_virtual_service(
     assert status == 200
     [cluster] = json.loads(body)["cluster_statuses"]
     assert cluster["name"].startswith("solo_io_generated_dfp:")
-    assert cluster["circuit_breakers"] == {
+    assert cluster["circuit_breakers"]["thresholds"][0] == {
+        "priority": "DEFAULT",
         "max_connections": 40000,
         "max_pending_requests": 40000,
         "max_requests": 40000,

@@ -99,6 +99,14 @@ class DnsHostInfo:
         "waiters",
         "resolving",
         "backoff",
+        # Envoy's per-host stats for /clusters (plain ints: the hot path adds to them).
+        "rq_total",
+        "rq_active",
+        "rq_error",
+        "rq_timeout",
+        "cx_total",
+        "cx_active",
+        "cx_connect_fail",
     )
 
     def __init__(self, key: str, port: int) -> None:
@@ -115,6 +123,8 @@ class DnsHostInfo:
         self.waiters: list[Waiter] | None = None
         self.resolving = False
         self.backoff: Backoff | None = None
+        self.rq_total = self.rq_active = self.rq_error = self.rq_timeout = 0
+        self.cx_total = self.cx_active = self.cx_connect_fail = 0
 
     @property
     def host(self) -> str:

@@ -75,6 +75,11 @@ class UpstreamPool:
         self.st_cx_connect_timeout = stats.counter(prefix + "upstream_cx_connect_timeout")
         self.st_rq_total = stats.counter(prefix + "upstream_rq_total")
         self.st_rq_time = stats.histogram(prefix + "upstream_rq_time")
+        # Envoy's active-request gauges, read from the breakers' own counts (no hot-path cost).
+        stats.computed_gauge(prefix + "upstream_rq_active", lambda: self.breakers.requests.count)
+        stats.computed_gauge(
+            prefix + "upstream_rq_pending_active", lambda: self.breakers.pending.count
+        )
         self.now = time.monotonic()  # coarse clock for idle bookkeeping, set by _sweep
         self.sweep_interval = min(SWEEP_INTERVAL, idle_timeout / 4)
         self._sweeper: asyncio.TimerHandle | None = loop.call_later(
@@ -211,23 +216,23 @@ class UpstreamPool:
                     server_hostname(tls, name) or "", transport.get_extra_info("ssl_object")
                 )
         except ssl.SSLError as exc:
-            self._connect_failed()
+            self._connect_failed(host)
             self.count("ssl." + failure_kind(exc))
             callback(None, "tls:" + failure_reason(exc))
             return
         except TimeoutError:
-            self._connect_failed()
+            self._connect_failed(host)
             self.st_cx_connect_timeout.value += 1
             callback(None, "timeout")
             return
         except OSError as exc:
-            self._connect_failed()
+            self._connect_failed(host)
             callback(None, exc.strerror or str(exc))
             return
         if conn.state == CLOSED or conn.transport is None:
             # The origin closed it between connection_made and here: a failed connect, and
             # the slot reserved for it goes back now (on_closed saw it uncounted).
-            self._connect_failed()
+            self._connect_failed(host)
             callback(None, "connection termination")
             return
         # The slot reserved for this connect now belongs to the connection (Happy Eyeballs
@@ -236,10 +241,13 @@ class UpstreamPool:
         self.st_cx_total.value += 1
         self.active += 1
         self.st_cx_active.value = self.active
+        host.cx_total += 1
+        host.cx_active += 1
         callback(conn, "")
 
-    def _connect_failed(self) -> None:
+    def _connect_failed(self, host: DnsHostInfo) -> None:
         self.st_cx_connect_fail.value += 1
+        host.cx_connect_fail += 1
         self.breakers.connections.release()
         self._serve_waiters()
 
@@ -270,6 +278,7 @@ class UpstreamPool:
             conn.counted = False
             self.active -= 1
             self.st_cx_active.value = self.active
+            conn.host.cx_active -= 1
             self.breakers.connections.release()
             self._serve_waiters()
         conns = self.idle.get(conn.key)
