@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 # Where each Policy instance is, as "module" (its ``POLICY``) or "module:NAME", in
 # request-chain order.
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("dfproxy.filters.dlp",)
 
 
 class Report(Protocol):

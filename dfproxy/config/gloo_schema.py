@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dfproxy.config.schema import dlp as dlp_schema
 from dfproxy.config.schema_base import Duration, Model, parse_duration
 
 __all__ = ["Duration", "Model", "parse_duration"]
@@ -197,6 +198,7 @@ class HttpConnectionManagerSettings(Model):
 class HttpListenerOptions(Model):
     dynamic_forward_proxy: DynamicForwardProxy | None = None
     http_connection_manager_settings: HttpConnectionManagerSettings | None = None
+    dlp: dlp_schema.FilterConfig | None = None
 
 
 class ResourceRef(Model):
@@ -282,6 +284,9 @@ class Matcher(Model):
         if len(given) > 1:
             raise ValueError(f"a matcher sets one path specifier, got {', '.join(given)}")
         return self
+
+
+dlp_schema.resolve(Matcher)
 
 
 class DfpRouteConfig(Model):
@@ -371,6 +376,7 @@ class RouteOptions(Model):
     host_rewrite: str | None = None
     header_manipulation: HeaderManipulation | None = None
     retries: RetryPolicy | None = None
+    dlp: dlp_schema.Config | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -409,6 +415,7 @@ class Route(Model):
 
 class VirtualHostOptions(Model):
     header_manipulation: HeaderManipulation | None = None
+    dlp: dlp_schema.Config | None = None
 
 
 class VirtualHost(Model):
@@ -434,7 +441,6 @@ NOT_SUPPORTED: dict[str, str] = {
     "jwt": "JWT verification (virtualHost.options.jwt) is not supported yet",
     "jwtStaged": "JWT verification (jwtStaged) is not supported yet",
     "jwtProvidersStaged": "JWT verification (jwtProvidersStaged) is not supported yet",
-    "dlp": "data loss prevention (options.dlp) is not supported yet",
     "stagedTransformations": "transformations (stagedTransformations) are not supported yet",
     "transformations": "transformations are not supported yet",
     "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",

@@ -1,0 +1,1 @@
+"""Per-policy Gloo schema models (one module per option family)."""
