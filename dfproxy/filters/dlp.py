@@ -323,11 +323,11 @@ class DlpFilter(DlpLogFilter):
         for name, value in stream.resp_headers or ():
             if name.lower() == b"content-encoding" and value.strip().lower() != b"identity":
                 self.passthrough.value += 1
+                # The path is not logged: it may hold the very data DLP protects.
                 log.warning(
-                    "dlp: %s %s: response is %s-encoded, passed through unmasked",
-                    stream.method.decode("latin-1"),
-                    stream.path.decode("latin-1"),
+                    "dlp: a %s-encoded response from %s passed through unmasked",
                     value.decode("latin-1"),
+                    stream.host_header.decode("latin-1"),
                 )
                 state[STATE_MASKER] = None
                 return CONTINUE
