@@ -99,8 +99,18 @@ def test_listener_rules_keep_their_matchers_in_order(tmp_path: Path) -> None:
     )
     assert a is not None and a.logs and not a.body
     (m1, p1), (m2, p2) = a.rules
-    assert m1 is not None and m1.prefix == "/a/secret" and m2 is None
+    assert m1 is not None and m1.prefix == "/a/secret"
+    assert m2 is not None and m2.prefix == "/" and not m2.connect  # no matcher: prefix /
     assert [x.name for x in p1.actions] == ["ssn"] and [x.name for x in p2.actions] == ["visa"]
+
+
+def test_key_value_only_config_has_no_body_filter(tmp_path: Path) -> None:
+    a, _ = load(
+        tmp_path,
+        gateway(),
+        vs("enabledFor: ALL\nactions: [{actionType: KEYVALUE, keyValueAction: {keyToMask: x-a}}]"),
+    )
+    assert a is not None and a.logs and not a.body
 
 
 def test_custom_and_key_value_actions_compile(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ spec:
           actions: [{actionType: SSN}, {actionType: ALL_CREDIT_CARDS}]
         - matcher: {prefix: /echo}
           actions: [{actionType: SSN}]
+        - matcher: {prefix: /status}
+          actions: [{actionType: SSN}]
 ---
 apiVersion: gateway.solo.io/v1
 kind: VirtualService
@@ -199,13 +201,20 @@ def test_large_body_is_masked_and_streams(get: Callable[..., RawResponse]) -> No
     assert resp.body == ((MASKED + "\n") * 300).encode()
 
 
-def test_head_204_and_304_keep_their_framing(get: Callable[..., RawResponse]) -> None:
-    head = get("a.test", say("cl"), method="HEAD")
-    assert head.status == 200 and head.body == b""
-    assert head.header("content-length") == str(len(BODY))
-    for code in (204, 304):
-        resp = get("a.test", f"/status/{code}")
-        assert resp.status == code and resp.body == b""
+def test_head_204_and_304_keep_their_framing_on_one_connection(
+    dlp_proxy: ProxyProcess, shared_origin: OriginServer
+) -> None:
+    base = f"http://a.test:{shared_origin.port}"
+    with RawClient("127.0.0.1", dlp_proxy.port) as c:
+        head = c.request("HEAD", base + say("cl"))
+        assert head.status == 200 and head.body == b""
+        assert head.header("content-length") == str(len(BODY))  # a HEAD keeps it
+        for code in (204, 304):
+            resp = c.request("GET", f"{base}/status/{code}")
+            assert resp.status == code and resp.body == b"" and resp.keep_alive
+        # The connection is still in step: the next response is the right one, masked.
+        resp = c.request("GET", base + say("chunked"))
+        assert resp.body == MASKED.encode()
 
 
 def test_listener_rule_without_a_match_leaves_the_body(get: Callable[..., RawResponse]) -> None:

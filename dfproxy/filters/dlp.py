@@ -183,13 +183,14 @@ class DlpPolicy:
         for i, rule in enumerate(lcfg.dlp_rules):
             path = f"{base}.dlpRules[{i}]"
             m = rule.matcher
+            # No matcher: prefix "/" (Gloo), which every request but CONNECT matches.
             matcher = (
-                None
+                Matcher(prefix="/")
                 if m is None
                 else _matcher(m, levels.gateway_where, f"{path}.matcher", cast(Any, errors))
             )
             plan = _plan(rule.actions, lcfg.enabled_for, levels.gateway_where, path, errors)
-            rules.append((None if matcher is not None and matcher.any_request else matcher, plan))
+            rules.append((matcher, plan))
         return _finish(tuple(rules), lcfg.enabled_for, errors)
 
     def build(self, compiled: CompiledDlp, ctx: BuildContext) -> Sequence[HttpFilter]:
@@ -220,7 +221,8 @@ def _finish(
         return None
     return CompiledDlp(
         rules=rules,
-        body=enabled_for in ("RESPONSE_BODY", "ALL"),
+        # Only KEYVALUE actions: nothing can change a body, so no body filter (no re-framing).
+        body=enabled_for in ("RESPONSE_BODY", "ALL") and any(plan.rules for _, plan in rules),
         logs=enabled_for in ("ACCESS_LOGS", "ALL"),
     )
 
