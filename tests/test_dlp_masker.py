@@ -230,3 +230,84 @@ def test_bad_regex_and_missing_subgroup_raise() -> None:
         masker.compile_regex("(?=lookahead)")  # RE2 has no lookaround
     with pytest.raises(masker.SubgroupError, match="subgroup 2"):
         masker.custom_rule("(a)b", 2, 0, 75, None)
+
+
+# -- against a plain reference ----------------------------------------------------------------
+def reference(p: masker.Plan, text: bytes) -> bytes:
+    """Each rule over the whole text, one after another, no prefilter, no streaming."""
+    buf = bytearray(text)
+    for rule in p.rules:
+        pos = 0
+        while pos <= len(buf):
+            spans = rule.prog.Match(masker._UNANCHORED, buf, pos, len(buf))
+            s, e = spans[0]
+            if s < 0:
+                break
+            if e > s and rule.table is not None:
+                for g in rule.groups:
+                    if spans[g][0] >= 0:
+                        masker.mask_span(buf, *spans[g], rule.percent, rule.table)
+                        break
+            pos = e if e > s else e + 1
+    return bytes(buf)
+
+
+TOKENS = [
+    b"4397945340344828",
+    b"5500 0000 0000 0004",
+    b"3714-496353-98431",
+    b"123-45-6789",
+    b"123456789",
+    b"987 65 4321",
+    b"14397945340344828",
+    b"6011111111111117",
+    b"X-XX",
+    b'"name":"Dog"',
+    b";4111111111111111=2512",
+    b"%B4111111111111111^DOE/JOHN^2512101",
+    b" ",
+    b"-",
+    b", ",
+    b"abc",
+    b"\n",
+    b"0",
+    b"42",
+    b'{"a": ',
+    b"}",
+]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_bodies_match_the_reference_whole_and_streamed(seed: int) -> None:
+    import random
+
+    rnd = random.Random(seed)
+    body = b"".join(rnd.choice(TOKENS) for _ in range(rnd.randint(50, 1500)))
+    plans = [
+        plan("SSN", "ALL_CREDIT_CARDS"),
+        plan("ALL_CREDIT_CARDS_COMBINED", "CREDIT_CARD_TRACKERS"),
+        # The second action matches only what the first one masked ("XXX-XX-X789").
+        plan("SSN", custom("X-XX", char=b"Z", percent=100, index=1)),
+        plan(custom(r'"name":[^"]*"([^"]*)"', subgroup=1, percent=60), "VISA"),
+    ]
+    for p in plans:
+        want = reference(p, body)
+        assert masker.mask_text(p, body) == want
+        m = masker.StreamMasker(p)
+        out, i = [], 0
+        while i < len(body):
+            n = rnd.choice((1, 2, 7, 50, 300, 2000))
+            out.append(m.feed(body[i : i + n]))
+            i += n
+        out.append(m.feed(b"", end=True))
+        assert b"".join(out) == want
+
+
+def test_a_long_custom_regex_searches_on_its_own_and_still_matches_the_reference() -> None:
+    p = plan(custom("a{1,200}b", percent=100), "SSN")
+    assert p.searched == (True, False, False, False)
+    body = (b"a" * 150 + b"b 123-45-6789 ") * 20
+    assert masker.mask_text(p, body) == reference(p, body)
+    m = masker.StreamMasker(p)
+    out = b"".join(m.feed(body[i : i + 97]) for i in range(0, len(body), 97))
+    assert out + m.feed(b"", end=True) == reference(p, body)

@@ -8,11 +8,10 @@ inference; we keep ``-`` and space, the separators the card and SSN regexes acce
 
 Regex engine: RE2 (google-re2) in Latin-1 mode, so positions and lengths are bytes, as in
 Envoy's C++ filter, and matching is linear-time whatever the custom regex. Measured with
-bench/dlp.py (SSN + ALL_CREDIT_CARDS, 10 KiB JSON with PII / 1 MiB without): Python ``re``
-about 1.3 MB/s, RE2 one regex after another 23 / 26 MB/s, an RE2 Set pass first (which
-regexes can match at all) and then only those regexes 55 / 380 MB/s; hyperscan finds
-matches at about 200-320 MB/s but has no capture groups nor leftmost-first matches, so it
-could only be a prefilter, and the Set already is one.
+bench/dlp.py (SSN + ALL_CREDIT_CARDS, 14 regexes; see docs/dlp.md): Python ``re`` about
+1 MB/s, RE2 one regex after another 15-35 MB/s, RE2 with the prefilter below 100-300 MB/s;
+hyperscan finds matches at 250-350 MB/s but has no capture groups nor leftmost-first
+matches, so it could only be the prefilter, which RE2 already gives.
 
 Streaming (``StreamMasker``): actions apply in order, each on the previous one's output, as
 if the whole body had been masked at once. Each regex (a *rule*) has a scan position in one
@@ -26,6 +25,7 @@ the byte before the scan start, and ``^`` does not match there).
 
 from __future__ import annotations
 
+import bisect
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ from dfproxy.dlp import patterns
 re2: Any = importlib.import_module("re2")
 _re2: Any = importlib.import_module("re2._re2")
 _UNANCHORED = _re2.RE2.Anchor.UNANCHORED
+_ANCHORED = _re2.RE2.Anchor.ANCHOR_START
 
 # A regex whose matches are unbounded (``[^"]*``) is decided within this many bytes: a
 # match still running at the window's edge is masked up to there. Bounds what a CUSTOM
@@ -45,6 +46,10 @@ UNBOUNDED_MATCH_WINDOW = 4096
 DEFAULT_MASK_CHAR = b"X"
 DEFAULT_PERCENT = 75.0
 KEPT_SEPARATORS = b"- "
+# Rules whose matches are at most this long go through the prefilter, which visits every
+# position where some match starts and reads up to the longest match from there; a longer
+# (custom) rule searches on its own, so dense input costs at most this factor.
+PREFILTER_MAX_WIDTH = 64
 
 
 def _options() -> Any:
@@ -99,10 +104,11 @@ class Rule:
     source: bytes  # the pattern as RE2 compiled it (for the prefilter Set)
     prog: Any
     groups: tuple[int, ...]
-    width: int
+    width: int  # the longest match (UNBOUNDED_MATCH_WINDOW when unbounded)
     percent: float
     table: bytes | None
     action: int
+    bounded: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,40 +124,95 @@ class Action:
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """The actions of one DLP config, in order, ready to run."""
+    """The actions of one DLP config, in order, ready to run.
+
+    The prefilter finds where matches can start: one RE2 search for the alternation of
+    every short bounded rule enumerates the positions where any of them matches, and an anchored
+    RE2 Set at each such position tells which rules match there. A rule then tries only
+    its own candidate positions, so a body is read about once whatever the number of rules.
+    """
 
     actions: tuple[Action, ...]
     rules: tuple[Rule, ...] = field(init=False)
     carry: int = field(init=False)  # the most a stream holds back (bytes)
-    _set: Any = field(init=False)
+    _any: Any = field(init=False)  # alternation of the bounded rules (no captures)
+    _at: Any = field(init=False)  # anchored Set of the bounded rules
+    _bounded: tuple[int, ...] = field(init=False)  # Set index -> rule index
+    searched: tuple[bool, ...] = field(init=False)  # per rule: searches on its own
     _reach: int = field(init=False)
 
     def __post_init__(self) -> None:
         rules = tuple(r for a in self.actions for r in a.rules)
-        object.__setattr__(self, "rules", rules)
-        object.__setattr__(self, "carry", sum(r.width for r in rules) + 1)
-        object.__setattr__(self, "_reach", max((r.width for r in rules), default=0) + 1)
-        s = None
-        if rules:
-            s = re2.Set.SearchSet(_options())
-            for a in self.actions:
-                for r in a.rules:
-                    s.Add(r.source)
-            s.Compile()
-        object.__setattr__(self, "_set", s)
+        bounded = tuple(
+            i for i, r in enumerate(rules) if r.bounded and r.width <= PREFILTER_MAX_WIDTH
+        )
+        set_ = self_any = None
+        if bounded:
+            opts = _options()
+            opts.never_capture = True
+            alternation = b"|".join(b"(?:" + rules[i].source + b")" for i in bounded)
+            self_any = _re2.RE2(alternation, opts)
+            set_ = _re2.Set(_re2.RE2.Anchor.ANCHOR_START, opts)
+            for i in bounded:
+                set_.Add(rules[i].source)
+            set_.Compile()
+        for name, value in (
+            ("rules", rules),
+            ("carry", sum(r.width for r in rules) + 1),
+            ("_any", self_any),
+            ("_at", set_),
+            ("_bounded", bounded),
+            ("searched", tuple(i not in bounded for i in range(len(rules)))),
+            ("_reach", max((rules[i].width for i in bounded), default=0) + 1),
+        ):
+            object.__setattr__(self, name, value)
 
-    def hits(self, data: bytes | bytearray) -> set[int]:
-        """The rules that match somewhere in ``data`` (a superset near the edges)."""
-        found = self._set.Match(data) if self._set is not None else None
-        return set(found) if found else set()
+    def candidates(
+        self, buf: bytearray, lo: int, hi: int, out: dict[int, list[int]] | None = None
+    ) -> dict[int, list[int]]:
+        """For each prefiltered rule, the positions in ``buf[lo:hi]`` where one of its matches
+        may start (ascending; a superset: each is checked by the rule's own match).
 
-    def hits_near(self, buf: bytearray, spans: Sequence[tuple[int, int]]) -> set[int]:
-        """The rules that match around masked spans (masking may make a later rule match)."""
-        out: set[int] = set()
+        Every start of a match of any bounded rule is found: the alternation's search from
+        ``p`` returns the leftmost start at or after ``p`` where some rule matches, and the
+        search goes on from the next byte. ``out``: merge into it (kept sorted)."""
+        merge = out is not None
+        if out is None:
+            out = {}
+        if self._any is None:
+            return out
+        search = self._any.Match
+        at = self._at.Match
+        reach = self._reach
+        bounded = self._bounded
+        pos = lo
+        with memoryview(buf) as view:
+            while pos < hi:
+                s = search(_UNANCHORED, buf, pos, hi)[0][0]
+                if s < 0:
+                    break
+                found = at(view[s : s + reach])
+                if found:
+                    for j in found:
+                        i = bounded[j]
+                        got = out.get(i)
+                        if got is None:
+                            out[i] = [s]
+                        elif not merge:
+                            got.append(s)
+                        elif s not in got:
+                            bisect.insort(got, s)
+                pos = s + 1
+        return out
+
+    def recheck(
+        self, buf: bytearray, spans: Sequence[tuple[int, int]], out: dict[int, list[int]]
+    ) -> None:
+        """Masking ``spans`` may make a later rule match there (its input is the masked
+        text): add the candidates of matches that overlap them."""
         reach = self._reach
         for s, e in spans:
-            out |= self.hits(buf[max(0, s - reach) : e + reach])
-        return out
+            self.candidates(buf, max(0, s - reach), min(len(buf), e + reach), out)
 
 
 class CounterLike(Protocol):
@@ -164,6 +225,7 @@ def _scan(
     start: int,
     limit: int,
     final: bool,
+    cands: list[int] | None,
     counters: Sequence[CounterLike] | None,
     masked: list[tuple[int, int]],
 ) -> int:
@@ -171,15 +233,32 @@ def _scan(
 
     Not ``final``: a match is committed only if it starts before ``limit - width`` (so all
     it could depend on is there); scanning stops at the first later match, which is found
-    again, whole, once more data has come."""
+    again, whole, once more data has come. A prefiltered rule tries only its candidate
+    starts (``cands``), anchored, each within its longest match; others search."""
     match = rule.prog.Match
-    safe = limit + 1 if final else limit - rule.width
+    width = rule.width
+    safe = limit + 1 if final else limit - width
     pos = last = start
+    b = 0
+    n = len(cands) if cands is not None else 0
     while pos <= limit:
-        spans = match(_UNANCHORED, buf, pos, limit)
-        s, e = spans[0]
-        if s < 0 or s >= safe:
-            break
+        if cands is not None:
+            while b < n and cands[b] < pos:
+                b += 1
+            if b == n or cands[b] >= safe:
+                break
+            c = cands[b]
+            b += 1
+            end = c + width + 1
+            spans = match(_ANCHORED, buf, c, end if end < limit else limit)
+            s, e = spans[0]
+            if s < 0:
+                continue
+        else:
+            spans = match(_UNANCHORED, buf, pos, limit)
+            s, e = spans[0]
+            if s < 0 or s >= safe:
+                break
         if e > s:
             if counters is not None:
                 counters[rule.action].value += 1
@@ -221,15 +300,18 @@ class StreamMasker:
         plan = self.plan
         limit = len(buf)
         pos = self.pos
-        hits = plan.hits(buf) if limit > self.ctx else set()
+        lo = min(pos, default=limit)
+        cands = plan.candidates(buf, lo, limit) if limit > self.ctx else {}
+        searched = plan.searched
         for i, rule in enumerate(plan.rules):
-            if i in hits:
+            found = cands.get(i)
+            if found or searched[i]:
                 masked: list[tuple[int, int]] = []
-                limit = pos[i] = _scan(rule, buf, pos[i], limit, end, self.counters, masked)
+                limit = pos[i] = _scan(rule, buf, pos[i], limit, end, found, self.counters, masked)
                 if masked:
-                    hits |= plan.hits_near(buf, masked)
+                    plan.recheck(buf, masked, cands)
             else:
-                # No match anywhere: the rule finishes all but its width (everything at end).
+                # No match can start anywhere: the rule finishes all but its width.
                 if not end:
                     limit = max(pos[i], limit - rule.width)
                 pos[i] = limit
@@ -273,28 +355,29 @@ def predefined_action(
         sources = patterns.ALL_CREDIT_CARDS
         one = patterns.combined(sources)
         prog = compile_regex(one)
-        rules: tuple[Rule, ...] = (
-            Rule(
-                one.encode(),
-                prog,
-                tuple(range(1, prog.NumberOfCapturingGroups() + 1)),
-                _width(one),
-                DEFAULT_PERCENT,
-                table,
-                index,
-            ),
-        )
+        groups = tuple(range(1, prog.NumberOfCapturingGroups() + 1))
+        rules: tuple[Rule, ...] = (_rule(one, prog, groups, DEFAULT_PERCENT, table, index),)
     else:
         rules = tuple(
-            Rule(p.encode(), compile_regex(p), (1,), _width(p), DEFAULT_PERCENT, table, index)
+            _rule(p, compile_regex(p), (1,), DEFAULT_PERCENT, table, index)
             for p in patterns.PREDEFINED[action_type]
         )
     return Action(name or action_type.lower(), rules)
 
 
-def _width(pattern: str) -> int:
+def _rule(
+    pattern: str,
+    prog: Any,
+    groups: tuple[int, ...],
+    percent: float,
+    table: bytes | None,
+    index: int,
+) -> Rule:
+    # The width bound streaming relies on: unbounded regexes get UNBOUNDED_MATCH_WINDOW.
     w = patterns.max_width(pattern)
-    return UNBOUNDED_MATCH_WINDOW if w is None else min(w, UNBOUNDED_MATCH_WINDOW)
+    bounded = w is not None and w <= UNBOUNDED_MATCH_WINDOW
+    width = w if w is not None and bounded else UNBOUNDED_MATCH_WINDOW
+    return Rule(pattern.encode(), prog, groups, width, percent, table, index, bounded)
 
 
 def custom_rule(
@@ -307,4 +390,4 @@ def custom_rule(
             f"subgroup {subgroup} does not exist: the regex has "
             f"{prog.NumberOfCapturingGroups()} capturing groups"
         )
-    return Rule(pattern.encode(), prog, (subgroup,), _width(pattern), percent, table, index)
+    return _rule(pattern, prog, (subgroup,), percent, table, index)
