@@ -198,10 +198,12 @@ class Plan:
                         got = out.get(i)
                         if got is None:
                             out[i] = [s]
-                        elif not merge:
+                        elif not merge or got[-1] < s:
                             got.append(s)
-                        elif s not in got:
-                            bisect.insort(got, s)
+                        else:
+                            at_ = bisect.bisect_left(got, s)
+                            if got[at_] != s:
+                                got.insert(at_, s)
                 pos = s + 1
         return out
 
@@ -211,8 +213,15 @@ class Plan:
         """Masking ``spans`` may make a later rule match there (its input is the masked
         text): add the candidates of matches that overlap them."""
         reach = self._reach
-        for s, e in spans:
-            self.candidates(buf, max(0, s - reach), min(len(buf), e + reach), out)
+        lo, hi = 0, -1  # the window being gathered (none yet)
+        for s, e in spans:  # ascending: one search over each run of nearby spans
+            if s - reach > hi:
+                if hi > lo:
+                    self.candidates(buf, lo, hi, out)
+                lo = max(0, s - reach)
+            hi = min(len(buf), e + reach)
+        if hi > lo:
+            self.candidates(buf, lo, hi, out)
 
 
 class CounterLike(Protocol):
