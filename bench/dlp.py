@@ -229,8 +229,13 @@ def main() -> None:
             continue
         cells = []
         for name, body in data.items():
-            if "scan only" not in label:
-                assert fn(body) == reference[name], f"{label} masks {name} differently"
+            if "scan only" not in label and fn(body) != reference[name]:
+                if "hyperscan" not in label:
+                    raise AssertionError(f"{label} masks {name} differently")
+                # Its ends come from the unmasked body: a match an earlier action's mask
+                # makes (or breaks) is missed, which dfproxy's re-check handles.
+                cells.append(f"{'wrong output':>21s}")
+                continue
             cells.append(f"{measure(fn, body, args.seconds):16.1f} MB/s")
         print(f"{label:42s}" + "".join(cells))
 

@@ -4,6 +4,8 @@ its field path."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -231,3 +233,22 @@ def test_bad_listener_config_is_refused_with_its_field_path(tmp_path: Path) -> N
     assert any(f"{base}.matcher.regex: invalid regular expression" in e for e in errs), errs
     assert any(f"{base}.actions[0].actionType: KEYVALUE" in e for e in errs), errs
     assert all("(Gateway gw)" in e for e in errs)
+
+
+def test_validate_cli_names_the_dlp_field_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "---\n".join([gateway(), vs("actions: [{customAction: {regex: ['(unclosed']}}]")])
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "dfproxy", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert r.returncode == 1
+    out = r.stdout + r.stderr
+    assert f"{ROUTE}.actions[0].customAction.regex[0]: invalid regular expression" in out
+    assert "missing )" in out

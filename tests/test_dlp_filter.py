@@ -7,7 +7,10 @@ apart by domain (``*.test`` resolves to 127.0.0.1, the module's origin)."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -17,6 +20,8 @@ from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
+
+ProxyFactory = Callable[..., ProxyProcess]
 
 BODY = '{"fakevisa": "4397945340344828", "ssn": "123-45-6789", "id": 14397945340344828}'
 MASKED = '{"fakevisa": "XXXXXXXXXXXX4828", "ssn": "XXX-XX-X789", "id": 14397945340344828}'
@@ -57,6 +62,12 @@ spec:
   virtualHost:
     domains: ['override.test', 'override.test:*']
     routes:
+    - matchers: [{prefix: /say/cl/seed}]
+      routeAction: {dynamicForwardProxy: {}}
+      options:
+        prefixRewrite: /say/cl
+        dlp:
+          actions: [{actionType: SSN}, {actionType: ALL_CREDIT_CARDS}]
     - matchers: [{prefix: /say/cl/shadow}]
       routeAction: {dynamicForwardProxy: {}}
       options:
@@ -242,6 +253,13 @@ def test_route_override_replaces_the_listener_rules(get: Callable[..., RawRespon
     assert resp.body == b"YYYlo YYYld 123-45-6789"
 
 
+def test_seed_route_masks_the_guide_response(get: Callable[..., RawResponse]) -> None:
+    # The blog seed's route options and the DLP guide's response, through a route config.
+    guide = '{\n   "fakevisa": "4397945340344828",\n   "ssn": "123-45-6789"\n}'
+    resp = get("override.test", say("cl/seed", guide))
+    assert resp.body == b'{\n   "fakevisa": "XXXXXXXXXXXX4828",\n   "ssn": "XXX-XX-X789"\n}'
+
+
 def test_shadow_action_counts_and_leaves_the_body(
     get: Callable[..., RawResponse], dlp_proxy: ProxyProcess
 ) -> None:
@@ -294,3 +312,26 @@ def test_access_logs_only_masks_the_log_not_the_body(
     line = log_line_with(dlp_proxy, "tag=kv")
     assert '"****-*****"' in line  # KEYVALUE on user-agent, maskChar *, 100%
     assert "XXX-XX-X789" in line and "123-45-6789" not in line
+
+
+# -- reload ------------------------------------------------------------------------------------
+def test_bad_dlp_config_on_reload_is_refused_and_the_old_one_keeps_masking(
+    tmp_path: Path, proxy_factory: ProxyFactory, shared_origin: OriginServer
+) -> None:
+    path = tmp_path / "dlp.yaml"
+    path.write_text(CONFIG)
+    p = proxy_factory("-c", str(path))
+    target = f"http://a.test:{shared_origin.port}{say('cl')}"
+    with RawClient("127.0.0.1", p.port) as c:
+        assert c.request("GET", target).body == MASKED.encode()
+    path.write_text(CONFIG.replace("{actionType: SSN}", "{actionType: SSN, shadow: maybe}", 1))
+    p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while stat(p, "server.config_reload_rejected") < 1:
+        assert time.monotonic() < deadline, p.stderr_tail(30)
+        time.sleep(0.05)
+    status, body = p.admin_get("/config_status")
+    assert status == 200
+    assert "spec.httpGateway.options.dlp.dlpRules[0].actions[0].shadow" in body.decode()
+    with RawClient("127.0.0.1", p.port) as c:
+        assert c.request("GET", target).body == MASKED.encode()
