@@ -37,6 +37,7 @@ _MODULES: tuple[str, ...] = (
     "dfproxy.filters.jwt:AFTER_EXT_AUTH",  # Gloo jwtStaged.afterExtAuth
     "dfproxy.access.policy",  # RBAC and source rules; destination rules after DNS
     "dfproxy.filters.transformation:REGULAR",  # stagedTransformations.regular, before DFP
+    "dfproxy.filters.dlp",  # masks responses (response hooks run in reverse: it sees them first)
 )
 
 

@@ -952,7 +952,11 @@ class Stream:
         status = self.resp_status
         conn.count_response(status)
         if conn.access_log is not None:
-            conn.access_log.log(self.log_entry())
+            entry = self.log_entry()
+            if self.route is not None:
+                for f in self.route.chain.log:
+                    f.on_log(self, entry)  # DLP masks logged values
+            conn.access_log.log(entry)
         conn.stream_finished(self, was_tunnel)
 
     def log_entry(self) -> LogEntry:

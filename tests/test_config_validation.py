@@ -431,12 +431,12 @@ CASES = [
             vs("""
                 routes:
                 - routeAction: {dynamicForwardProxy: {}}
-                  options: {dlp: {actions: [{actionType: SSN}]}}
+                  options: {dlp: {actions: [{actionType: SSNN}]}}
                 """),
         ),
         2,
-        "spec.virtualHost.routes[0].options.dlp",
-        ("not supported yet",),
+        "spec.virtualHost.routes[0].options.dlp.actions[0].actionType",
+        ("'SSN'", "SSNN"),
     ),
     Case(
         "stagedTransformations",

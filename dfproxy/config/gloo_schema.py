@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dfproxy.config.schema import dlp as dlp_schema
 from dfproxy.config.schema import jwt as jwt_schema
 from dfproxy.config.schema import transformation as tf
 from dfproxy.config.schema.access import DestinationPolicy, RbacExtensionSettings, SourcePolicy
@@ -207,6 +208,7 @@ class HttpListenerOptions(Model):
     proxy_auth: ProxyAuthSettings | None = None  # dfproxy extension
     destination_policy: DestinationPolicy | None = None
     source_policy: SourcePolicy | None = None
+    dlp: dlp_schema.FilterConfig | None = None
 
 
 class ResourceRef(Model):
@@ -295,6 +297,7 @@ class Matcher(Model):
 
 
 tf.bind_matcher(Matcher)
+dlp_schema.resolve(Matcher)
 
 
 class DfpRouteConfig(Model):
@@ -394,6 +397,7 @@ class RouteOptions(Model):
     source_policy: SourcePolicy | None = None
     staged_transformations: tf.StagedTransformations | None = None
     transformations: tf.Transformations | None = None
+    dlp: dlp_schema.Config | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -441,6 +445,7 @@ class VirtualHostOptions(Model):
     source_policy: SourcePolicy | None = None
     staged_transformations: tf.StagedTransformations | None = None
     transformations: tf.Transformations | None = None
+    dlp: dlp_schema.Config | None = None
 
 
 class VirtualHost(Model):
@@ -463,7 +468,6 @@ class VirtualService(Model):
 
 # Gloo fields dfproxy knows but has not built yet: a clear error instead of "unknown field".
 NOT_SUPPORTED: dict[str, str] = {
-    "dlp": "data loss prevention (options.dlp) is not supported yet",
     "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",
     "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
     "delegateAction": "delegateAction (route delegation) is not supported yet",

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from dfproxy.access_log import LogEntry
     from dfproxy.stream import Stream
 
 CONTINUE = 0
@@ -40,11 +41,21 @@ class HttpFilter:
     def on_response_body(self, stream: Stream, data: bytes, end: bool) -> bytes:
         return data
 
+    def on_log(self, stream: Stream, entry: LogEntry) -> None:
+        """Before the access-log line is written: the filter may change ``entry`` (DLP)."""
+
 
 class FilterChain:
     """The filters of one route, split per hook at config load."""
 
-    __slots__ = ("filters", "request_headers", "upstream_host", "response_headers", "response_body")
+    __slots__ = (
+        "filters",
+        "request_headers",
+        "upstream_host",
+        "response_headers",
+        "response_body",
+        "log",
+    )
 
     def __init__(self, filters: Sequence[HttpFilter]) -> None:
         self.filters = tuple(filters)
@@ -65,3 +76,4 @@ class FilterChain:
         self.response_body = tuple(
             f for f in backwards if type(f).on_response_body is not HttpFilter.on_response_body
         )
+        self.log = tuple(f for f in filters if type(f).on_log is not HttpFilter.on_log)

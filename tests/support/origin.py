@@ -17,6 +17,8 @@ serves many tests (any HEAD gets GET's headers without the body):
     /websocket              101 + Sec-WebSocket-Accept if ``Upgrade: websocket``, then echoes
                             raw bytes (426 without a proper upgrade request)
     /response-headers?k=v   200 "ok\\n" with each query pair added as a response header
+    /say/FRAMING?text=T     200 with body T, framed by FRAMING: cl, chunked or close; ?chunk=N
+                            sends it in N-byte pieces (chunks), ?ce=E adds Content-Encoding E
     anything else           404
 
 Any path accepts ``?close=1``: answer with ``Connection: close`` and close afterwards.
@@ -362,6 +364,8 @@ class OriginServer(ThreadedTCPServer):
                 self._simple(conn, req, 200, body, close=close, ctype="application/json")
             elif path == "/websocket":
                 self._simple(conn, req, 426, b"websocket upgrade required\n", close=close)
+            elif name == "say" and arg in ("cl", "chunked", "close"):
+                self._say(conn, req, arg, close)
             elif path == "/response-headers":
                 pairs = parse_qsl(_split_target(req.target)[1], keep_blank_values=True)
                 extra = [(k, v) for k, v in pairs if k != "close"]
@@ -370,6 +374,31 @@ class OriginServer(ThreadedTCPServer):
                 self._simple(conn, req, 404, f"no route for {path}\n".encode(), close=close)
         except ValueError:
             self._simple(conn, req, 400, b"bad argument\n", close=close)
+
+    def _say(self, conn: socket.socket, req: SeenRequest, framing: str, close: bool) -> None:
+        body = req.query.get("text", "").encode()
+        step = int(req.query.get("chunk", "0")) or len(body) or 1
+        pieces = [body[i : i + step] for i in range(0, len(body), step)]
+        headers = [("Content-Type", "text/plain")]
+        if req.query.get("ce"):
+            headers.append(("Content-Encoding", req.query["ce"]))
+        if framing == "cl":
+            headers.append(("Content-Length", str(len(body))))
+        elif framing == "chunked" and req.version != "1.0":
+            headers.append(("Transfer-Encoding", "chunked"))
+        else:
+            framing, close = "close", True
+        conn.sendall(_head(200, headers + self._conn_headers(req, close)))
+        if req.method != "HEAD":
+            for i, piece in enumerate(pieces):
+                if i:
+                    time.sleep(0.005)  # separate reads at the proxy, so pieces stay apart
+                conn.sendall(
+                    b"%x\r\n%s\r\n" % (len(piece), piece) if framing == "chunked" else piece
+                )
+            if framing == "chunked":
+                conn.sendall(b"0\r\n\r\n")
+        self._finish(conn, close)
 
     def _conn_headers(self, req: SeenRequest, close: bool) -> list[tuple[str, str]]:
         if close:
