@@ -35,15 +35,16 @@ _LIMITS = ("max_connections", "max_pending_requests", "max_requests", "max_retri
 
 def host_stats(info: DnsHostInfo) -> dict[str, int]:
     """Envoy's per-host stats (upstream/host_description.h ALL_HOST_STATS) dfproxy keeps."""
+    st = info.stats
     return {
-        "cx_active": info.cx_active,
-        "cx_connect_fail": info.cx_connect_fail,
-        "cx_total": info.cx_total,
-        "rq_active": info.rq_active,
-        "rq_error": info.rq_error,
-        "rq_success": info.rq_total - info.rq_active - info.rq_error,
-        "rq_timeout": info.rq_timeout,
-        "rq_total": info.rq_total,
+        "cx_active": st.cx_active,
+        "cx_connect_fail": st.cx_connect_fail,
+        "cx_total": st.cx_total,
+        "rq_active": st.rq_active,
+        "rq_error": st.rq_error,
+        "rq_success": st.rq_total - st.rq_active - st.rq_error,
+        "rq_timeout": st.rq_timeout,
+        "rq_total": st.rq_total,
     }
 
 

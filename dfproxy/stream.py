@@ -331,8 +331,8 @@ class Stream:
             self.local_error(errors.UpstreamOverflow("max_requests"))
             return
         requests.count += 1
-        host.rq_total += 1  # per-host /clusters stats; rq_active is given back in _finish()
-        host.rq_active += 1
+        host.stats.rq_total += 1  # per-host /clusters stats; rq_active is given back in _finish()
+        host.stats.rq_active += 1
         self.pool = pool  # the slot is given back in _finish()
         if (
             route is not None
@@ -939,11 +939,11 @@ class Stream:
             pool.breakers.requests.count -= 1
             host = self.host
             if host is not None:
-                host.rq_active -= 1
+                host.stats.rq_active -= 1
                 if self.resp_status >= 500:
-                    host.rq_error += 1
+                    host.stats.rq_error += 1
                     if self.flags == rf.UPSTREAM_REQUEST_TIMEOUT:
-                        host.rq_timeout += 1
+                        host.stats.rq_timeout += 1
             if self.retry_slot:
                 self.retry_slot = False
                 pool.breakers.retries.release()

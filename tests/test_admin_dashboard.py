@@ -150,10 +150,12 @@ def test_without_an_access_log_recent_requests_are_kept_only_once_watched(
 
     from tests.helpers import wait_for
     from tests.support.clients import RawClient, clean_env
+    from tests.support.proxy import LOOPBACK_ALLOWED
 
     ports = tmp_path / "ports.json"
     cmd = [sys.executable, "-m", "dfproxy", "run", "--listen", "127.0.0.1:0", "--admin"]
     cmd += ["127.0.0.1:0", "--ports-file", str(ports), "--dns-resolver", dns_server.address]
+    cmd += LOOPBACK_ALLOWED  # the embedded default denies loopback destinations
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=clean_env(), stderr=subprocess.DEVNULL)
     try:
         wait_for(ports.exists, 15, "the proxy to start")

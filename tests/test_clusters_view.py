@@ -38,8 +38,9 @@ def test_ipv6_host_key_is_bracketed() -> None:
 
 def test_host_stats_derive_success_from_finished_requests() -> None:
     info = DnsHostInfo("example.com:80", 80)
-    info.rq_total, info.rq_active, info.rq_error, info.rq_timeout = 10, 1, 2, 1
-    info.cx_total, info.cx_active, info.cx_connect_fail = 3, 1, 1
+    st = info.stats
+    st.rq_total, st.rq_active, st.rq_error, st.rq_timeout = 10, 1, 2, 1
+    st.cx_total, st.cx_active, st.cx_connect_fail = 3, 1, 1
     assert host_stats(info) == {
         "cx_active": 1,
         "cx_connect_fail": 1,

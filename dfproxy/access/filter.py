@@ -203,4 +203,5 @@ class DestinationFilter(HttpFilter):
         pinned.resolved = True
         pinned.last_status = host.last_status
         pinned.ttl = host.ttl
+        pinned.stats = host.stats  # requests through the copy count for the host
         return Checked(host.addresses, pinned, b"", "")

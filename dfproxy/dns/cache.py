@@ -82,6 +82,26 @@ class Backoff:
         self.next = self.base
 
 
+class HostStats:
+    """Envoy's per-host stats for /clusters: plain ints the hot path adds to. One object per
+    host, shared with any pinned copy of it (access control keeps only the allowed addresses
+    in a copy), so requests through the copy count for the host."""
+
+    __slots__ = (
+        "rq_total",
+        "rq_active",
+        "rq_error",
+        "rq_timeout",
+        "cx_total",
+        "cx_active",
+        "cx_connect_fail",
+    )
+
+    def __init__(self) -> None:
+        self.rq_total = self.rq_active = self.rq_error = self.rq_timeout = 0
+        self.cx_total = self.cx_active = self.cx_connect_fail = 0
+
+
 class DnsHostInfo:
     """One cached host. ``addresses`` is empty until a resolution succeeds."""
 
@@ -99,14 +119,7 @@ class DnsHostInfo:
         "waiters",
         "resolving",
         "backoff",
-        # Envoy's per-host stats for /clusters (plain ints: the hot path adds to them).
-        "rq_total",
-        "rq_active",
-        "rq_error",
-        "rq_timeout",
-        "cx_total",
-        "cx_active",
-        "cx_connect_fail",
+        "stats",
     )
 
     def __init__(self, key: str, port: int) -> None:
@@ -123,8 +136,7 @@ class DnsHostInfo:
         self.waiters: list[Waiter] | None = None
         self.resolving = False
         self.backoff: Backoff | None = None
-        self.rq_total = self.rq_active = self.rq_error = self.rq_timeout = 0
-        self.cx_total = self.cx_active = self.cx_connect_fail = 0
+        self.stats = HostStats()
 
     @property
     def host(self) -> str:

@@ -241,13 +241,13 @@ class UpstreamPool:
         self.st_cx_total.value += 1
         self.active += 1
         self.st_cx_active.value = self.active
-        host.cx_total += 1
-        host.cx_active += 1
+        host.stats.cx_total += 1
+        host.stats.cx_active += 1
         callback(conn, "")
 
     def _connect_failed(self, host: DnsHostInfo) -> None:
         self.st_cx_connect_fail.value += 1
-        host.cx_connect_fail += 1
+        host.stats.cx_connect_fail += 1
         self.breakers.connections.release()
         self._serve_waiters()
 
@@ -278,7 +278,7 @@ class UpstreamPool:
             conn.counted = False
             self.active -= 1
             self.st_cx_active.value = self.active
-            conn.host.cx_active -= 1
+            conn.host.stats.cx_active -= 1
             self.breakers.connections.release()
             self._serve_waiters()
         conns = self.idle.get(conn.key)
