@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 # Where each Policy instance is, as "module" (its ``POLICY``) or "module:NAME", in
 # request-chain order.
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("dfproxy.filters.ratelimit",)
 
 
 class Report(Protocol):
@@ -56,6 +56,9 @@ class Levels:
     vs_where: str
     route_index: int
     route_name: str
+    # Other resources a policy may reference, by "Kind/namespace/name" (the config loader's
+    # Document: ``.where`` and ``.resource``), e.g. RateLimitConfig.
+    resources: dict[str, Any] = field(default_factory=dict)
 
     gateway_path = "spec.options"
     listener_path = "spec.httpGateway.options"

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dfproxy.config.schema import ratelimit as rl
 from dfproxy.config.schema_base import Duration, Model, parse_duration
 
 __all__ = ["Duration", "Model", "parse_duration"]
@@ -197,6 +198,8 @@ class HttpConnectionManagerSettings(Model):
 class HttpListenerOptions(Model):
     dynamic_forward_proxy: DynamicForwardProxy | None = None
     http_connection_manager_settings: HttpConnectionManagerSettings | None = None
+    http_local_ratelimit: rl.LocalRateLimitSettings | None = None
+    rate_limit_server: rl.RateLimitServer | None = None  # dfproxy extension (Redis)
 
 
 class ResourceRef(Model):
@@ -218,6 +221,7 @@ class GatewaySpec(Model):
     ssl: bool = False
     use_proxy_proto: bool = False
     proxy_names: list[str] | None = None
+    options: rl.ListenerOptions | None = None
 
     @field_validator("ssl")
     @classmethod
@@ -371,6 +375,10 @@ class RouteOptions(Model):
     host_rewrite: str | None = None
     header_manipulation: HeaderManipulation | None = None
     retries: RetryPolicy | None = None
+    ratelimit_basic: rl.IngressRateLimit | None = None
+    ratelimit: rl.RateLimitExtension | None = None
+    rate_limit_configs: rl.RateLimitConfigRefs | None = None
+    rate_limit_regular_configs: rl.RateLimitConfigRefs | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -409,6 +417,10 @@ class Route(Model):
 
 class VirtualHostOptions(Model):
     header_manipulation: HeaderManipulation | None = None
+    ratelimit_basic: rl.IngressRateLimit | None = None
+    ratelimit: rl.RateLimitExtension | None = None
+    rate_limit_configs: rl.RateLimitConfigRefs | None = None
+    rate_limit_regular_configs: rl.RateLimitConfigRefs | None = None
 
 
 class VirtualHost(Model):
@@ -437,8 +449,6 @@ NOT_SUPPORTED: dict[str, str] = {
     "dlp": "data loss prevention (options.dlp) is not supported yet",
     "stagedTransformations": "transformations (stagedTransformations) are not supported yet",
     "transformations": "transformations are not supported yet",
-    "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",
-    "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
     "extauth": "external authorization (options.extauth) is not supported yet",
     "rbac": "RBAC (options.rbac) is not supported yet",
     "delegateAction": "delegateAction (route delegation) is not supported yet",

@@ -1,0 +1,1 @@
+"""Per-policy config schemas (Gloo shapes), one module per option family."""
