@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml | $(VPY)
 run: $(STAMP)
 	$(VPY) -m dfproxy run $(ARGS)
 
-# System packages the tests drive for real (curl as the client, jq for the seeds' commands).
+# System packages the tests drive for real (curl as the client, jq for the seeds' commands,
+# redis-server for the shared rate limits: the tests start their own on a free port).
 deps:
-	@command -v curl >/dev/null && command -v jq >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq; }
+	@command -v curl >/dev/null && command -v jq >/dev/null && command -v redis-server >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq redis-server; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dfproxy tests bench

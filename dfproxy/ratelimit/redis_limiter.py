@@ -129,7 +129,7 @@ class RedisLimiter:
             socket_timeout=server.request_timeout,
             socket_connect_timeout=server.request_timeout,
         )
-        self.client = aioredis.Redis(connection_pool=pool)
+        self.client = aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
         self.script = self.client.register_script(LUA)
         self.down_until = 0.0
         self._last_log = 0.0
@@ -168,4 +168,7 @@ class RedisLimiter:
             asyncio.get_running_loop()
         except RuntimeError:
             return  # no running loop: the process is exiting and the sockets go with it
-        tasks.spawn(self.client.aclose(), name="redis-close")
+        tasks.spawn(self.aclose(), name="redis-close")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
