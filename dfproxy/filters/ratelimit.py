@@ -27,17 +27,16 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dfproxy import filters as F
-from dfproxy import tasks
 from dfproxy.config.schema import ratelimit as rs
 from dfproxy.ratelimit import descriptors as D
 from dfproxy.ratelimit.redis_limiter import (
     FIXED_WINDOW,
     TOKEN_BUCKET,
     RedisLimiter,
-    RedisUnavailable,
     parse_address,
 )
 from dfproxy.ratelimit.token_bucket import BucketMap, TokenBucket
@@ -521,32 +520,34 @@ class GlobalRateLimitFilter(F.HttpFilter):
         keys, args, limits = self.collect(stream)
         if not keys:
             return F.CONTINUE
-        tasks.spawn(self._decide(stream, keys, args, limits), name="ratelimit")
-        return F.STOP
+        if self.limiter.submit(keys, args, partial(self._decided, stream, limits)):
+            return F.STOP
+        return self._failed(stream, "redis is backing off after a failure", resume=False)
 
-    async def _decide(
+    def _failed(self, stream: Stream, reason: str, resume: bool) -> int:
+        """Redis did not answer: Envoy's failure mode (allow, or 500 with denyOnFail)."""
+        self.st_error.value += 1
+        if self.deny_on_fail:
+            stream.details = "rate_limiter_error"
+            log.info(
+                "%s %s -> 500 rate limit service error: %s", stream.conn.peer, stream.target, reason
+            )
+            stream.send_local_reply(500, ERROR_BODY, flag=RATELIMIT_SERVICE_ERROR)
+            return F.STOP
+        self.st_allowed.value += 1
+        if resume:
+            stream.resume_filters()
+        return F.CONTINUE
+
+    def _decided(
         self,
         stream: Stream,
-        keys: list[str],
-        args: list[int],
         limits: list[tuple[D.Limit, tuple[Counter, Counter]]],
+        result: list[int] | None,
+        reason: str,
     ) -> None:
-        try:
-            result = await self.limiter.check(keys, args)
-        except RedisUnavailable as exc:
-            self.st_error.value += 1
-            if self.deny_on_fail:
-                stream.details = "rate_limiter_error"
-                log.info(
-                    "%s %s -> 500 rate limit service error: %s",
-                    stream.conn.peer,
-                    stream.target,
-                    exc,
-                )
-                stream.send_local_reply(500, ERROR_BODY, flag=RATELIMIT_SERVICE_ERROR)
-            else:
-                self.st_allowed.value += 1
-                stream.resume_filters()
+        if result is None:
+            self._failed(stream, reason, resume=True)
             return
         over = None
         tight: tuple[D.Limit, int, int] | None = None

@@ -21,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from dfproxy import tasks
 from dfproxy.config.schema.ratelimit import RateLimitServer
@@ -82,6 +82,10 @@ return out
 """
 
 FIXED_WINDOW, TOKEN_BUCKET = 0, 1
+# Requests per pipeline: a burst larger than this goes out as several pipelines at once.
+MAX_BATCH = 128
+# The callback of one submitted request: (the script's result, "") or (None, why it failed).
+Done = Callable[[list[int] | None, str], None]
 # At most one failure line per this many seconds (an outage would otherwise log per request).
 LOG_INTERVAL = 10.0
 
@@ -135,22 +139,84 @@ class RedisLimiter:
         self._last_log = 0.0
         self._suppressed = 0
         self.failures = 0
+        self._queue: list[tuple[Sequence[str], Sequence[int], Done]] = []
+        self._scheduled = False
+
+    def submit(self, keys: Sequence[str], args: Sequence[int], done: Done) -> bool:
+        """Queue one request's hits; ``done(result, "")`` or ``done(None, reason)`` is called
+        later, within the timeout. False (nothing queued) while backing off after a failure.
+
+        Requests submitted in the same event-loop turn go out together as one pipeline: one
+        write and one round trip for all of them. redis-py spends ~150 µs of CPU per command
+        call (pool, timeout, packing, parsing; measured with bench/ratelimit.py); a pipeline
+        pays the fixed part once per batch instead of once per request.
+        """
+        if self.down_until and time.monotonic() < self.down_until:
+            return False
+        self._queue.append((keys, args, done))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return True
 
     async def check(self, keys: Sequence[str], args: Sequence[int]) -> list[int]:
-        """Count one hit on every key; the script's flat result (over, remaining, reset per
+        """``submit`` as a coroutine: the script's flat result (over, remaining, reset per
         key). Raises RedisUnavailable."""
-        now = time.monotonic()
-        if now < self.down_until:
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+
+        def done(result: list[int] | None, reason: str) -> None:
+            if result is None:
+                future.set_exception(RedisUnavailable(reason))
+            else:
+                future.set_result(result)
+
+        if not self.submit(keys, args, done):
             raise RedisUnavailable("redis is backing off after a failure")
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        queue = self._queue
+        while queue:
+            batch, queue = queue[:MAX_BATCH], queue[MAX_BATCH:]
+            tasks.spawn(self._run(batch), name="ratelimit-redis")
+        self._queue = []
+
+    async def _run(self, batch: list[tuple[Sequence[str], Sequence[int], Done]]) -> None:
         try:
             async with asyncio.timeout(self.timeout):
-                result: Any = await self.script(keys=list(keys), args=list(args))
+                results = await self._execute(batch)
         except (RedisError, OSError, TimeoutError) as exc:
             self.failures += 1
             self.down_until = time.monotonic() + self.retry_interval
             self._log_failure(exc)
-            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
-        return [int(x) for x in result]
+            reason = str(exc) or type(exc).__name__
+            for _, _, done in batch:
+                done(None, reason)
+            return
+        self.down_until = 0.0
+        for (_, _, done), result in zip(batch, results, strict=True):
+            done([int(x) for x in result], "")
+
+    async def _execute(self, batch: list[tuple[Sequence[str], Sequence[int], Done]]) -> list[Any]:
+        script = self.script
+        if len(batch) == 1:
+            keys, args, _ = batch[0]
+            return [await script(keys=list(keys), args=list(args))]
+        for attempt in range(2):
+            # EVALSHA in a plain pipeline: redis-py's pipelined Script would send SCRIPT
+            # EXISTS first on every execute, a second round trip.
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                results: list[Any] = await pipe.execute()
+                return results
+            except NoScriptError:
+                if attempt:
+                    raise
+                script.sha = await self.client.script_load(LUA)  # Redis restarted or flushed
+        raise AssertionError("unreachable")
 
     def _log_failure(self, exc: BaseException) -> None:
         now = time.monotonic()
