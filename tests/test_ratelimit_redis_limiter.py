@@ -112,6 +112,27 @@ def test_script_is_loaded_again_after_a_flush(redis_server: RedisServer) -> None
     assert asyncio.run(run())[:2] == [0, 4]
 
 
+def test_concurrent_requests_share_one_pipeline(redis_server: RedisServer) -> None:
+    async def run() -> tuple[list[list[int]], int]:
+        limiter = RedisLimiter(_server(redis_server.address, requestTimeout="1s"))
+        try:
+            key = [uuid.uuid4().hex]
+            await limiter.check(key, [FIXED_WINDOW, 30, 3600])
+            # An empty script cache makes the pipeline fail with NOSCRIPT: loaded, retried.
+            assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
+            results = await asyncio.gather(
+                *(limiter.check(key, [FIXED_WINDOW, 30, 3600]) for _ in range(40))
+            )
+            return results, limiter.batches
+        finally:
+            await limiter.aclose()
+
+    results, batches = asyncio.run(run())
+    assert batches == 2  # the first call, then all 40 in one pipeline
+    assert sum(r[0] for r in results) == 11  # 1 + 40 hits on a limit of 30
+    assert sorted(r[1] for r in results)[-1] == 28
+
+
 def test_unreachable_redis_fails_then_backs_off() -> None:
     async def run() -> tuple[int, str]:
         limiter = RedisLimiter(_server(f"127.0.0.1:{_free_port()}", retryInterval="10s"))

@@ -139,6 +139,7 @@ class RedisLimiter:
         self._last_log = 0.0
         self._suppressed = 0
         self.failures = 0
+        self.batches = 0  # pipelines (or single calls) sent: one round trip each
         self._queue: list[tuple[Sequence[str], Sequence[int], Done]] = []
         self._scheduled = False
 
@@ -183,6 +184,7 @@ class RedisLimiter:
         self._queue = []
 
     async def _run(self, batch: list[tuple[Sequence[str], Sequence[int], Done]]) -> None:
+        self.batches += 1
         try:
             async with asyncio.timeout(self.timeout):
                 results = await self._execute(batch)
