@@ -228,6 +228,8 @@ spec:
         ratelimitBasic: {anonymousLimits: {unit: MINUTE, requestsPerUnit: 2}}
     - matchers: [{prefix: /echo}]
       routeAction: {dynamicForwardProxy: {}}
+      options:  # the virtual host's policy again: enforced once, not twice
+        rateLimitConfigs: {refs: [{name: shared}]}
     - matchers: [{prefix: /}]
       directResponseAction: {status: 200, body: ok}
 """

@@ -22,90 +22,30 @@ response flag RLSE, as Envoy's failure_mode_deny).
 
 from __future__ import annotations
 
-import logging
-import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dfproxy import filters as F
 from dfproxy.config.schema import ratelimit as rs
 from dfproxy.ratelimit import descriptors as D
-from dfproxy.ratelimit.redis_limiter import (
-    FIXED_WINDOW,
-    TOKEN_BUCKET,
-    RedisLimiter,
-    parse_address,
+from dfproxy.ratelimit.compiled import (
+    BucketSpec,
+    Compiled,
+    CompiledGlobal,
+    CompiledLocal,
+    GlobalRule,
+    LocalDescriptor,
 )
+from dfproxy.ratelimit.global_filter import GlobalRateLimitFilter, GlobalRateLimitHeadersFilter
+from dfproxy.ratelimit.local_filter import LocalRateLimitFilter, LocalRateLimitHeadersFilter
+from dfproxy.ratelimit.redis_limiter import RedisLimiter, parse_address
 from dfproxy.ratelimit.token_bucket import BucketMap, TokenBucket
 
 if TYPE_CHECKING:
     from dfproxy.policies import BuildContext, Levels, Report
-    from dfproxy.stats import Counter
-    from dfproxy.stream import Stream
 
-log = logging.getLogger("dfproxy.ratelimit")
-
-RATE_LIMITED = "RL"  # Envoy response flag RateLimited
-RATELIMIT_SERVICE_ERROR = "RLSE"  # Envoy response flag RateLimitServiceError
-LOCAL_BODY = b"local_rate_limited"  # Envoy's local_ratelimit body
-GLOBAL_BODY = b"rate limited\n"
-ERROR_BODY = b"rate limit service unavailable\n"
-RATELIMITED_HEADER = (b"x-envoy-ratelimited", b"true")
-LOCAL_HEADERS_KEY = "ratelimit.local_headers"
-GLOBAL_HEADERS_KEY = "ratelimit.global_headers"
 _VS_NAME = re.compile(r"\(VirtualService (.+)\)$")
-
-
-# -- compiled (config load) ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BucketSpec:
-    scope: str  # which routes share it: "listener", "vhost:<where>", "route:<where>:<i>"
-    label: str  # the stat prefix part: "", "<vs>", "<vs>.<route>"
-    bucket: rs.TokenBucket
-
-
-@dataclass(frozen=True)
-class LocalDescriptor:
-    name: str
-    builder: D.DescriptorBuilder
-    bucket: rs.TokenBucket
-    max_buckets: int
-
-
-@dataclass(frozen=True)
-class CompiledLocal:
-    default: BucketSpec | None
-    descriptors: tuple[LocalDescriptor, ...]
-    descriptor_scope: str
-    descriptor_label: str
-    headers: bool
-    retry_after: bool
-
-
-@dataclass(frozen=True)
-class GlobalRule:
-    config: str  # "<namespace>.<name>" of the RateLimitConfig, or "basic"
-    builder: D.DescriptorBuilder
-    tree: dict[str, D.Node]
-
-
-@dataclass(frozen=True)
-class CompiledGlobal:
-    server: rs.RateLimitServer
-    rules: tuple[GlobalRule, ...]
-    basic: rs.IngressRateLimit | None
-    basic_scope: str
-
-
-@dataclass(frozen=True)
-class Compiled:
-    local: CompiledLocal | None
-    global_: CompiledGlobal | None
 
 
 def _vs_label(levels: Levels) -> str:
@@ -193,6 +133,7 @@ class RateLimitPolicy:
         local: CompiledLocal | None,
     ) -> Compiled | None:
         rules: list[GlobalRule] = []
+        included: set[str] = set()
         basic = None
         basic_scope = ""
         for opts, where, path, scope in (
@@ -226,7 +167,9 @@ class RateLimitPolicy:
                             f"no RateLimitConfig named {ref.name!r} in namespace {ns!r} was given",
                         )
                         continue
-                    rules.extend(_compile_config(ref, doc, report))
+                    if doc.where not in included:  # referenced twice: enforced once
+                        included.add(doc.where)
+                        rules.extend(_compile_config(ref, doc, report))
             b: rs.IngressRateLimit | None = getattr(opts, "ratelimit_basic", None)
             if b is not None:
                 if server is None:
@@ -262,7 +205,7 @@ _NEEDS_SERVER = (
 )
 
 
-# -- local --------------------------------------------------------------------------------------
+# -- build --------------------------------------------------------------------------------------
 
 
 def _shared_bucket(ctx: BuildContext, scope: str, spec: rs.TokenBucket, make: Any) -> Any:
@@ -310,99 +253,7 @@ def _build_local(c: CompiledLocal, ctx: BuildContext) -> F.HttpFilter:
             (d.builder, buckets, stats.counter(p + "ok"), stats.counter(p + "rate_limited"))
         )
     cls = LocalRateLimitHeadersFilter if c.headers else LocalRateLimitFilter
-    return cls(default, tuple(descs), c.headers, c.retry_after, ctx, prefix)
-
-
-def _draft_headers(
-    limit: int, remaining: int, reset: float, window: int = 0
-) -> list[tuple[bytes, bytes]]:
-    reset_s = max(0, math.ceil(reset))
-    value = b"%d, %d;w=%d" % (limit, limit, window) if window else b"%d" % limit
-    return [
-        (b"x-ratelimit-limit", value),
-        (b"x-ratelimit-remaining", b"%d" % remaining),
-        (b"x-ratelimit-reset", b"%d" % reset_s),
-    ]
-
-
-class LocalRateLimitFilter(F.HttpFilter):
-    """Envoy's local_ratelimit: a token per request from every bucket that applies."""
-
-    name = "local_ratelimit"
-
-    def __init__(
-        self,
-        default: TokenBucket | None,
-        descriptors: tuple[tuple[D.DescriptorBuilder, BucketMap, Counter, Counter], ...],
-        headers: bool,
-        retry_after: bool,
-        ctx: BuildContext,
-        prefix: str,
-    ) -> None:
-        self.default = default
-        self.descriptors = descriptors
-        self.headers = headers
-        self.retry_after = retry_after
-        stats = ctx.runtime.stats
-        self.st_enabled = stats.counter(prefix + "enabled")
-        self.st_enforced = stats.counter(prefix + "enforced")
-        self.st_limited = stats.counter(prefix + "rate_limited")
-        self.st_ok = stats.counter(prefix + "ok")
-
-    def on_request_headers(self, stream: Stream) -> int:
-        self.st_enabled.value += 1
-        limited: TokenBucket | None = None
-        tightest = self.default
-        for builder, buckets, st_ok, st_limited in self.descriptors:
-            d = builder.build(stream)
-            if d is None:
-                continue
-            bucket = buckets.get(d)
-            if not bucket.consume():
-                st_limited.value += 1
-                limited = bucket
-                break
-            st_ok.value += 1
-            if tightest is None or bucket.tokens < tightest.tokens:
-                tightest = bucket
-        if limited is None and self.default is not None and not self.default.consume():
-            limited = self.default
-        if limited is not None:
-            self.st_enforced.value += 1
-            self.st_limited.value += 1
-            extra = [RATELIMITED_HEADER]
-            if self.headers:
-                extra += _draft_headers(limited.max_tokens, 0, limited.reset_after())
-            if self.retry_after:
-                extra.append((b"retry-after", b"%d" % max(1, math.ceil(limited.reset_after()))))
-            stream.details = "local_rate_limited"
-            log.debug("%s %s -> 429 local_rate_limited", stream.conn.peer, stream.target)
-            stream.send_local_reply(429, LOCAL_BODY, flag=RATE_LIMITED, extra_headers=extra)
-            return F.STOP
-        self.st_ok.value += 1
-        if self.headers and tightest is not None:
-            stream.state_dict()[LOCAL_HEADERS_KEY] = _draft_headers(
-                tightest.max_tokens, tightest.tokens, tightest.reset_after()
-            )
-        return F.CONTINUE
-
-
-class LocalRateLimitHeadersFilter(LocalRateLimitFilter):
-    """With ``enableXRatelimitHeaders``: the draft headers on forwarded responses too."""
-
-    def on_response_headers(self, stream: Stream) -> int:
-        _add_response_headers(stream, LOCAL_HEADERS_KEY)
-        return F.CONTINUE
-
-
-def _add_response_headers(stream: Stream, key: str) -> None:
-    state = stream.filter_state
-    extra = state.get(key) if state else None
-    if extra and stream.resp_headers is not None:
-        stream.resp_headers = list(stream.resp_headers) + extra  # type: ignore[operator]
-
-
-# -- global (Redis) -----------------------------------------------------------------------------
+    return cls(default, tuple(descs), c.headers, c.retry_after, ctx.runtime.stats, prefix)
 
 
 def _limiter(ctx: BuildContext, server: rs.RateLimitServer) -> RedisLimiter:
@@ -414,178 +265,13 @@ def _limiter(ctx: BuildContext, server: rs.RateLimitServer) -> RedisLimiter:
     return limiter
 
 
-def _basic_limit(name: str, r: rs.RateLimit) -> D.Limit:
-    return D.Limit(
-        name, r.requests_per_unit, rs.UNIT_SECONDS[r.unit], r.algorithm == "TOKEN_BUCKET"
-    )
-
-
 def _build_global(c: CompiledGlobal, ctx: BuildContext) -> F.HttpFilter:
     cls = (
         GlobalRateLimitHeadersFilter
         if c.server.enable_x_ratelimit_headers
         else GlobalRateLimitFilter
     )
-    return cls(c, _limiter(ctx, c.server), ctx)
-
-
-class GlobalRateLimitFilter(F.HttpFilter):
-    """Envoy's ratelimit filter with the ratelimit service's counting done in Redis."""
-
-    name = "ratelimit"
-
-    def __init__(self, c: CompiledGlobal, limiter: RedisLimiter, ctx: BuildContext) -> None:
-        self.limiter = limiter
-        self.deny_on_fail = c.server.deny_on_fail
-        self.headers = c.server.enable_x_ratelimit_headers
-        self.retry_after = c.server.retry_after_header
-        prefix = c.server.redis.key_prefix
-        self.rules = tuple((f"{prefix}:{r.config}:", r.builder, r.tree) for r in c.rules)
-        self.basic = c.basic
-        self.basic_prefix = f"{prefix}:basic:{ctx.listener.name}:{c.basic_scope}:"
-        self.basic_auth = (
-            _basic_limit("authorized", c.basic.authorized_limits)
-            if c.basic and c.basic.authorized_limits
-            else None
-        )
-        self.basic_anon = (
-            _basic_limit("anonymous", c.basic.anonymous_limits)
-            if c.basic and c.basic.anonymous_limits
-            else None
-        )
-        self.stats = stats = ctx.runtime.stats
-        p = f"ratelimit.{ctx.listener.name}."
-        self.stat_prefix = p
-        self.st_ok = stats.counter(p + "ok")
-        self.st_over = stats.counter(p + "over_limit")
-        self.st_error = stats.counter(p + "error")
-        self.st_allowed = stats.counter(p + "failure_mode_allowed")
-        self._rule_stats: dict[tuple[str, str], tuple[Counter, Counter]] = {}
-
-    def _rule_counters(self, config: str, limit: D.Limit) -> tuple[Counter, Counter]:
-        key = (config, limit.name)
-        found = self._rule_stats.get(key)
-        if found is None:
-            p = f"{self.stat_prefix}{config}.{limit.name}."
-            found = self._rule_stats[key] = (
-                self.stats.counter(p + "total_hits"),
-                self.stats.counter(p + "over_limit"),
-            )
-        return found
-
-    def collect(
-        self, stream: Stream
-    ) -> tuple[list[str], list[int], list[tuple[D.Limit, tuple[Counter, Counter]]]]:
-        """The counters this request hits: Redis keys, script arguments, limits."""
-        keys: list[str] = []
-        args: list[int] = []
-        limits: list[tuple[D.Limit, tuple[Counter, Counter]]] = []
-        for prefix, builder, tree in self.rules:
-            d = builder.build(stream)
-            if d is None:
-                continue
-            limit = D.find_limit(tree, d)
-            if limit is None:
-                continue
-            keys.append(prefix + D.cache_key(d))
-            args += (
-                TOKEN_BUCKET if limit.token_bucket else FIXED_WINDOW,
-                limit.requests,
-                limit.unit_seconds,
-            )
-            limits.append((limit, self._rule_counters(prefix.split(":")[1], limit)))
-        if self.basic is not None:
-            state = stream.filter_state or {}
-            user = state.get("proxy_user")
-            if user is None:
-                payload = state.get("jwt_payload")
-                user = payload.get("sub") if isinstance(payload, dict) else None
-            if user is not None and self.basic_auth is not None:
-                limit, key = self.basic_auth, f"userid_{str(user)[: D.MAX_VALUE]}"
-            elif user is None and self.basic_anon is not None:
-                limit, key = self.basic_anon, f"remote_address_{D.client_ip(stream)}"
-            else:
-                limit = None
-            if limit is not None:
-                keys.append(self.basic_prefix + key)
-                args += (
-                    TOKEN_BUCKET if limit.token_bucket else FIXED_WINDOW,
-                    limit.requests,
-                    limit.unit_seconds,
-                )
-                limits.append((limit, self._rule_counters("basic", limit)))
-        return keys, args, limits
-
-    def on_request_headers(self, stream: Stream) -> int:
-        keys, args, limits = self.collect(stream)
-        if not keys:
-            return F.CONTINUE
-        if self.limiter.submit(keys, args, partial(self._decided, stream, limits)):
-            return F.STOP
-        return self._failed(stream, "redis is backing off after a failure", resume=False)
-
-    def _failed(self, stream: Stream, reason: str, resume: bool) -> int:
-        """Redis did not answer: Envoy's failure mode (allow, or 500 with denyOnFail)."""
-        self.st_error.value += 1
-        if self.deny_on_fail:
-            stream.details = "rate_limiter_error"
-            log.info(
-                "%s %s -> 500 rate limit service error: %s", stream.conn.peer, stream.target, reason
-            )
-            stream.send_local_reply(500, ERROR_BODY, flag=RATELIMIT_SERVICE_ERROR)
-            return F.STOP
-        self.st_allowed.value += 1
-        if resume:
-            stream.resume_filters()
-        return F.CONTINUE
-
-    def _decided(
-        self,
-        stream: Stream,
-        limits: list[tuple[D.Limit, tuple[Counter, Counter]]],
-        result: list[int] | None,
-        reason: str,
-    ) -> None:
-        if result is None:
-            self._failed(stream, reason, resume=True)
-            return
-        over = None
-        tight: tuple[D.Limit, int, int] | None = None
-        for i, (limit, (st_hits, st_over)) in enumerate(limits):
-            is_over, remaining, reset = result[3 * i], result[3 * i + 1], result[3 * i + 2]
-            st_hits.value += 1
-            if is_over:
-                st_over.value += 1
-                if over is None:
-                    over = (limit, 0, reset)
-            if tight is None or remaining < tight[1]:
-                tight = (limit, remaining, reset)
-        chosen = over or tight
-        assert chosen is not None
-        headers = (
-            _draft_headers(chosen[0].requests, chosen[1], chosen[2], chosen[0].unit_seconds)
-            if self.headers
-            else []
-        )
-        if over is not None:
-            self.st_over.value += 1
-            extra = [RATELIMITED_HEADER, *headers]
-            if self.retry_after:
-                extra.append((b"retry-after", b"%d" % max(1, over[2])))
-            stream.details = "request_rate_limited"
-            log.debug("%s %s -> 429 over limit %s", stream.conn.peer, stream.target, over[0].name)
-            stream.send_local_reply(429, GLOBAL_BODY, flag=RATE_LIMITED, extra_headers=extra)
-            return
-        self.st_ok.value += 1
-        if headers:
-            stream.state_dict()[GLOBAL_HEADERS_KEY] = headers
-        stream.resume_filters()
-
-
-class GlobalRateLimitHeadersFilter(GlobalRateLimitFilter):
-    def on_response_headers(self, stream: Stream) -> int:
-        _add_response_headers(stream, GLOBAL_HEADERS_KEY)
-        return F.CONTINUE
+    return cls(c, _limiter(ctx, c.server), ctx.runtime.stats, ctx.listener.name)
 
 
 POLICY = RateLimitPolicy()
