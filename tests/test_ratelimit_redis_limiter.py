@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import time
 import uuid
@@ -419,3 +420,39 @@ def test_redis_down_hung_and_back(
         assert "rate limit redis failed" in p.stderr_text()
     finally:
         flaky.stop()
+
+
+def test_reload_keeps_buckets_and_the_redis_client(
+    proxy_factory: object, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    local = "      httpLocalRatelimit: {defaultLimit: {maxTokens: 3, fillInterval: 100s}}\n"
+    text = (
+        gateway("gateway-proxy", redis_server.address, prefix)
+        + local
+        + "---\n"
+        + RESOURCES % {"limit": 1000}
+    )
+    path = tmp_path / "reload.yaml"
+    path.write_text(text)
+    p = proxy_factory("-c", str(path))  # type: ignore[operator]
+
+    def body(headers: dict[str, str]) -> bytes:
+        with RawClient("127.0.0.1", p.port) as c:
+            return c.request("GET", "http://rl.test/plans", headers).body
+
+    def clients() -> int:
+        info = redis_server.command("INFO", "clients").decode()
+        return int(info.split("connected_clients:")[1].split()[0])
+
+    assert body({"x-once": "r"}) == b"plans"
+    assert body({"x-once": "r"}) == b"rate limited\n"  # Redis: 1 per hour
+    before = clients()
+    path.write_text(text + "# a change\n")
+    p.send_signal(signal.SIGHUP)
+    wait_until(lambda: " active (was " in p.stderr_text(), what="the reload")
+    # The same Redis client serves the new routes (no new connection), and the listener's
+    # bucket kept its state: one token was left of three.
+    assert body({"x-once": "r"}) == b"rate limited\n"
+    assert clients() == before
+    assert body({"x-account": "a", "x-plan": "PLUS"}) == b"local_rate_limited"
