@@ -18,10 +18,12 @@ run: $(STAMP)
 	$(VPY) -m dfproxy run $(ARGS)
 
 # System packages the tests drive for real (curl as the client, jq for the seeds' commands,
-# headless Chromium and its driver for the admin dashboard).
+# headless Chromium and its driver for the admin dashboard, redis-server for the shared rate
+# limits: the tests start their own on a free port).
 deps:
-	@command -v curl >/dev/null && command -v jq >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq; }
+	@command -v curl >/dev/null && command -v jq >/dev/null && command -v redis-server >/dev/null || \
+	  { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq redis-server; }
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }

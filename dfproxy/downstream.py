@@ -144,6 +144,17 @@ class HttpConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         sock = transport.get_extra_info("sockname")
         self.local_ip = sock[0] if sock else ""
+        limiter = self.listener.conn_limit
+        if limiter is not None and not limiter.admit(self, len(self.listener.connections)):
+            # connectionLimit: refused before anything is read (ratelimit.connection_limit).
+            self.state = CLOSED
+            t.pause_reading()
+            delay = limiter.delay_before_close
+            if delay:
+                self.loop.call_later(delay, t.abort)
+            else:
+                t.abort()
+            return
         self.listener.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from dfproxy.access_log import AccessLog
 from dfproxy.downstream import HttpConnection
+from dfproxy.ratelimit.connection_limit import ConnectionLimiter
 from dfproxy.stats import StatsStore
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class Listener:
         # Where this process listens, to refuse forwarding to itself (shared by all listeners).
         self.own_ports: set[int] = set()
         self.own_endpoints: set[tuple[str, int]] = set()
+        self.conn_limit: ConnectionLimiter | None = None  # connectionLimit (None: unset)
         self._bind_stats(name, stats)
 
     def _bind_stats(self, name: str, stats: StatsStore) -> None:
@@ -77,6 +79,8 @@ class Listener:
         stats.computed_gauge(
             p + "downstream_rq_active", lambda: sum(len(c.streams) for c in self.connections)
         )
+        self.st_cx_overflow = stats.counter(p + "downstream_cx_overflow")
+        self.st_cx_overflow_client = stats.counter(p + "downstream_cx_overflow_per_client")
 
     def rename(self, name: str, stats: StatsStore) -> None:
         """A reload renamed the Gateway on this address: count under the new name from now."""
@@ -93,6 +97,8 @@ class Listener:
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
+        if self.conn_limit is not None:
+            self.conn_limit.release(conn)
         self.st_cx_active.value = len(self.connections)
         if self.on_connection_closed is not None:
             self.on_connection_closed()
@@ -108,6 +114,10 @@ class Listener:
         self.stream_idle_timeout = spec.stream_idle_timeout
         self.idle_timeout = spec.idle_timeout
         self.request_headers_timeout = spec.request_headers_timeout
+        if spec.connection_limit is not None or self.conn_limit is not None:
+            if self.conn_limit is None:
+                self.conn_limit = ConnectionLimiter(self.st_cx_overflow, self.st_cx_overflow_client)
+            self.conn_limit.configure(spec.connection_limit)
 
     def _sweep(self) -> None:
         """Every timeout of this listener's connections, in one pass every SWEEP_INTERVAL:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ _MODULES: tuple[str, ...] = (
     "dfproxy.filters.ext_authz",  # after JWT (authN), before RBAC and rate limits
     "dfproxy.filters.jwt:AFTER_EXT_AUTH",  # Gloo jwtStaged.afterExtAuth
     "dfproxy.access.policy",  # RBAC and source rules; destination rules after DNS
+    "dfproxy.filters.ratelimit",  # local buckets and Redis-backed limits (may read JWT claims)
     "dfproxy.filters.transformation:REGULAR",  # stagedTransformations.regular, before DFP
     "dfproxy.filters.dlp",  # masks responses (response hooks run in reverse: it sees them first)
 )
@@ -65,6 +66,9 @@ class Levels:
     vs_where: str
     route_index: int
     route_name: str
+    # Other resources a policy may reference, by "Kind/namespace/name" (the config loader's
+    # Document: ``.where`` and ``.resource``), e.g. RateLimitConfig.
+    resources: dict[str, Any] = field(default_factory=dict)
 
     gateway_path = "spec.options"
     listener_path = "spec.httpGateway.options"

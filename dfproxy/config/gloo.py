@@ -32,12 +32,17 @@ from dfproxy.config.model import (
     VirtualHostSpec,
     default_virtual_host,
 )
+from dfproxy.config.schema.ratelimit import RateLimitConfig
 from dfproxy.dns.cache import DnsCacheConfig
 from dfproxy.dns.resolver import ResolverOptions
 from dfproxy.router import HeaderMatcher, Matcher, QueryMatcher, RetryPolicy
 from dfproxy.upstream.tls import TlsSettings
 
-KINDS: dict[str, type[BaseModel]] = {"Gateway": gs.Gateway, "VirtualService": gs.VirtualService}
+KINDS: dict[str, type[BaseModel]] = {
+    "Gateway": gs.Gateway,
+    "VirtualService": gs.VirtualService,
+    "RateLimitConfig": RateLimitConfig,
+}
 REDIRECT_CODES = {
     "MOVED_PERMANENTLY": 301,
     "FOUND": 302,
@@ -529,7 +534,11 @@ DEFAULT_GATEWAY = gs.Gateway.model_validate(
 
 
 def _compile_policies(
-    gdoc: Document, services: Sequence[Document], vhosts: Sequence[VirtualHostSpec], errors: _Errors
+    gdoc: Document,
+    services: Sequence[Document],
+    vhosts: Sequence[VirtualHostSpec],
+    errors: _Errors,
+    resources: dict[str, Document] | None = None,
 ) -> None:
     """Compile each route's policies (JWT, transformations, ...) against the options it
     inherits from this gateway, its virtual host and itself (dfproxy.policies)."""
@@ -551,6 +560,7 @@ def _compile_policies(
                 vs_where=vs_doc.where if vs_doc is not None else "",
                 route_index=i if gr is not None else -1,
                 route_name=r.name,
+                resources=resources or {},
             )
             r.policies = policies.compile_route(levels, errors)
 
@@ -570,6 +580,11 @@ def translate(
     if not gateways:
         gateways = [Document("<embedded>", 1, "Gateway", DEFAULT_GATEWAY)]
     seen_names: dict[str, str] = {}
+    resources = {
+        f"{d.kind}/{d.resource.metadata.namespace}/{d.resource.metadata.name}": d
+        for d in docs
+        if d.kind not in ("Gateway", "VirtualService")
+    }
     for d in gateways + services:
         key = f"{d.kind}/{d.resource.metadata.namespace}/{d.resource.metadata.name}"
         if key in seen_names:
@@ -639,7 +654,7 @@ def translate(
                         f"{gw.metadata.name}",
                     )
                 domains[dom] = s.where
-        _compile_policies(gdoc, selected if services else [], vhosts, errors)
+        _compile_policies(gdoc, selected if services else [], vhosts, errors, resources)
         for s, vh in zip(selected, vhosts, strict=False) if complete else ():
             for i, r in enumerate(vh.routes):
                 if r.action == "dfp" and dfp is None:
@@ -663,6 +678,7 @@ def translate(
                 idle_timeout=hcm.idle_timeout if hcm else 3600.0,
                 request_headers_timeout=hcm.request_headers_timeout if hcm else 30.0,
                 virtual_hosts=vhosts,
+                connection_limit=spec.options.connection_limit if spec.options else None,
             )
         )
     if errors.items:

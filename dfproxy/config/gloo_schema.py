@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dfproxy.config.schema import dlp as dlp_schema
 from dfproxy.config.schema import jwt as jwt_schema
+from dfproxy.config.schema import ratelimit as rl
 from dfproxy.config.schema import transformation as tf
 from dfproxy.config.schema.access import DestinationPolicy, RbacExtensionSettings, SourcePolicy
 from dfproxy.config.schema.extauth import ExtAuthExtension
@@ -209,6 +210,8 @@ class HttpListenerOptions(Model):
     destination_policy: DestinationPolicy | None = None
     source_policy: SourcePolicy | None = None
     dlp: dlp_schema.FilterConfig | None = None
+    http_local_ratelimit: rl.LocalRateLimitSettings | None = None
+    rate_limit_server: rl.RateLimitServer | None = None  # dfproxy extension (Redis)
 
 
 class ResourceRef(Model):
@@ -230,6 +233,7 @@ class GatewaySpec(Model):
     ssl: bool = False
     use_proxy_proto: bool = False
     proxy_names: list[str] | None = None
+    options: rl.ListenerOptions | None = None
 
     @field_validator("ssl")
     @classmethod
@@ -398,6 +402,10 @@ class RouteOptions(Model):
     staged_transformations: tf.StagedTransformations | None = None
     transformations: tf.Transformations | None = None
     dlp: dlp_schema.Config | None = None
+    ratelimit_basic: rl.IngressRateLimit | None = None
+    ratelimit: rl.RateLimitExtension | None = None
+    rate_limit_configs: rl.RateLimitConfigRefs | None = None
+    rate_limit_regular_configs: rl.RateLimitConfigRefs | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -446,6 +454,10 @@ class VirtualHostOptions(Model):
     staged_transformations: tf.StagedTransformations | None = None
     transformations: tf.Transformations | None = None
     dlp: dlp_schema.Config | None = None
+    ratelimit_basic: rl.IngressRateLimit | None = None
+    ratelimit: rl.RateLimitExtension | None = None
+    rate_limit_configs: rl.RateLimitConfigRefs | None = None
+    rate_limit_regular_configs: rl.RateLimitConfigRefs | None = None
 
 
 class VirtualHost(Model):
@@ -468,7 +480,5 @@ class VirtualService(Model):
 
 # Gloo fields dfproxy knows but has not built yet: a clear error instead of "unknown field".
 NOT_SUPPORTED: dict[str, str] = {
-    "ratelimitBasic": "rate limiting (ratelimitBasic) is not supported yet",
-    "rateLimitConfigs": "rate limiting (rateLimitConfigs) is not supported yet",
     "delegateAction": "delegateAction (route delegation) is not supported yet",
 }

@@ -94,6 +94,8 @@ class ListenerSpec:
     idle_timeout: float = 3600.0
     request_headers_timeout: float = 30.0
     virtual_hosts: list[VirtualHostSpec] = field(default_factory=list)
+    # Gateway spec.options.connectionLimit (config.schema.ratelimit.ConnectionLimit) or None.
+    connection_limit: Any = None
 
 
 @dataclass
