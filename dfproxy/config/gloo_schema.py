@@ -384,18 +384,12 @@ class RetryPolicy(Model):
         return value
 
 
-class RouteOptions(Model):
-    upgrades: list[UpgradeConfig] = Field(default_factory=list)
-    timeout: Duration | None = Field(default=None, gt=0)
-    prefix_rewrite: str | None = None
-    host_rewrite: str | None = None
-    header_manipulation: HeaderManipulation | None = None
-    retries: RetryPolicy | None = None
+class PolicyOptions(Model):
+    """The policy options a virtual host and a route both take (the route's win, per policy:
+    dfproxy.policies). JWT differs between the two levels and is declared on each."""
+
     extauth: ExtAuthExtension | None = None
     proxy_auth: ProxyAuthOverride | None = None
-    jwt: jwt_schema.RouteExtension | None = None
-    jwt_staged: jwt_schema.JwtStagedRouteExtension | None = None
-    jwt_providers_staged: jwt_schema.JwtStagedRouteProvidersExtension | None = None
     rbac: RbacExtensionSettings | None = None
     destination_policy: DestinationPolicy | None = None
     source_policy: SourcePolicy | None = None
@@ -406,6 +400,18 @@ class RouteOptions(Model):
     ratelimit: rl.RateLimitExtension | None = None
     rate_limit_configs: rl.RateLimitConfigRefs | None = None
     rate_limit_regular_configs: rl.RateLimitConfigRefs | None = None
+
+
+class RouteOptions(PolicyOptions):
+    upgrades: list[UpgradeConfig] = Field(default_factory=list)
+    timeout: Duration | None = Field(default=None, gt=0)
+    prefix_rewrite: str | None = None
+    host_rewrite: str | None = None
+    header_manipulation: HeaderManipulation | None = None
+    retries: RetryPolicy | None = None
+    jwt: jwt_schema.RouteExtension | None = None
+    jwt_staged: jwt_schema.JwtStagedRouteExtension | None = None
+    jwt_providers_staged: jwt_schema.JwtStagedRouteProvidersExtension | None = None
 
     @field_validator("upgrades")
     @classmethod
@@ -442,22 +448,10 @@ class Route(Model):
         return self
 
 
-class VirtualHostOptions(Model):
+class VirtualHostOptions(PolicyOptions):
     header_manipulation: HeaderManipulation | None = None
-    extauth: ExtAuthExtension | None = None
-    proxy_auth: ProxyAuthOverride | None = None
     jwt: jwt_schema.VhostExtension | None = None
     jwt_staged: jwt_schema.JwtStagedVhostExtension | None = None
-    rbac: RbacExtensionSettings | None = None
-    destination_policy: DestinationPolicy | None = None
-    source_policy: SourcePolicy | None = None
-    staged_transformations: tf.StagedTransformations | None = None
-    transformations: tf.Transformations | None = None
-    dlp: dlp_schema.Config | None = None
-    ratelimit_basic: rl.IngressRateLimit | None = None
-    ratelimit: rl.RateLimitExtension | None = None
-    rate_limit_configs: rl.RateLimitConfigRefs | None = None
-    rate_limit_regular_configs: rl.RateLimitConfigRefs | None = None
 
 
 class VirtualHost(Model):
