@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dfproxy.config.schema import jwt as jwt_schema
 from dfproxy.config.schema.extauth import ExtAuthExtension
 from dfproxy.config.schema.extauth import Settings as ExtAuthSettings
 from dfproxy.config.schema.proxy_auth import ProxyAuthOverride, ProxyAuthSettings
-from dfproxy.config.schema import jwt as jwt_schema
 from dfproxy.config.schema_base import Duration, Model, parse_duration
 
 __all__ = ["Duration", "Model", "parse_duration"]
