@@ -166,7 +166,12 @@ async def _connection(cluster: DfpCluster, host: DnsHostInfo) -> UpstreamConnect
     try:
         return await ready
     except asyncio.CancelledError:
-        pool.cancel(connected)
+        if ready.done() and not ready.cancelled() and ready.exception() is None:
+            # Cancelled in the loop turn the connection arrived in (a time limit expiring
+            # then): nobody will use it, and it holds a max_connections slot until closed.
+            ready.result().close()
+        else:
+            pool.cancel(connected)
         raise
 
 
