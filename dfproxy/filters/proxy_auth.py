@@ -157,17 +157,25 @@ class ProxyAuthFilter(HttpFilter):
         if waiting is not None and waiting[0] == stored:
             waiting[1].append((stream, address))  # the same credential is being checked
             return STOP
+        if not shared.failures.may_check(address, now):
+            # This address has as many checks running as it may still fail: wait for them.
+            self.st_rate_limited.value += 1
+            self._refuse(stream, 429, LIMITED, "proxy_auth_rate_limited", address, 1.0)
+            return STOP
         if shared.pending >= self.config.max_pending:
             self.st_overloaded.value += 1
             self._refuse(stream, 503, BUSY, "proxy_auth_overloaded", address)
             return STOP
         shared.pending += 1
+        shared.failures.check_started(address)
         waiters = [(stream, address)]
         if waiting is None:  # else a reload changed the hash: this check answers its own
             shared.inflight[key] = (stored, waiters)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor.pool, verify, stored, password)
-        future.add_done_callback(lambda f: self._checked(f, key, user, stored, now, waiters))
+        future.add_done_callback(
+            lambda f: self._checked(f, key, user, stored, now, address, waiters)
+        )
         return STOP
 
     def _checked(
@@ -177,11 +185,14 @@ class ProxyAuthFilter(HttpFilter):
         user: str,
         stored: PasswordHash,
         now: float,
+        address: str,
         waiters: list[tuple[Stream, str]],
     ) -> None:
-        """A bcrypt check finished: answer every request that waited for it."""
+        """A bcrypt check (started for a request from ``address``) finished: answer every
+        request that waited for it."""
         shared = self.shared
         shared.pending -= 1
+        shared.failures.check_ended(address)
         entry = shared.inflight.get(key)
         if entry is not None and entry[1] is waiters:
             del shared.inflight[key]
