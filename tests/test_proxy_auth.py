@@ -493,6 +493,50 @@ def test_concurrent_guesses_from_one_address_cannot_exceed_the_failure_limit(
     assert late.reply is not None and late.reply[0] == 429
 
 
+def test_an_unknown_user_costs_a_bcrypt_check_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong password for a bcrypt user is answered after a check of milliseconds; an
+    unknown user must not be answered at once, or the delay tells which users exist."""
+    gate = threading.Event()
+    checked: list[tuple[PasswordHash, bytes]] = []
+
+    def slow_verify(stored: PasswordHash, password: bytes) -> bool:
+        checked.append((stored, password))
+        gate.wait(10)
+        return True  # even a "match" against the stand-in hash must not let anyone in
+
+    monkeypatch.setattr(proxy_auth, "verify", slow_verify)
+    alice = parse_hash(bcrypt_entry("right"))
+    cfg = ProxyAuthConfig("r", {"alice": alice}, 5, 60.0, 100, 5.0, 100, max_pending=8)
+    shared, executor = proxy_auth._Shared(cfg), proxy_auth._Executor()
+    f = ProxyAuthFilter(cfg, shared, executor, StatsStore(), "t.")
+
+    async def scenario() -> FakeStream:
+        answered = asyncio.Event()
+
+        class Probe(FakeStream):
+            def send_local_reply(self, status: int, body: bytes, **kw: object) -> None:
+                super().send_local_reply(status, body, **kw)
+                answered.set()
+
+        probe = Probe(basic("mallory", "x"))
+        assert f.on_request_headers(probe) == STOP  # type: ignore[arg-type]
+        assert probe.reply is None  # not answered before a check as costly as a real one
+        gate.set()
+        async with asyncio.timeout(5.0):
+            await answered.wait()
+        return probe
+
+    try:
+        probe = asyncio.run(scenario())
+    finally:
+        executor.close()
+    assert probe.reply is not None and probe.reply[0] == 407
+    assert probe.filter_state == {}
+    ((stored, password),) = checked
+    assert password == b"x" and stored.expensive
+    assert stored.value[4:7] == alice.value[4:7]  # the same cost as the real entries
+
+
 def test_request_body_waits_for_the_bcrypt_check(
     proxy: ProxyProcess, shared_origin: OriginServer
 ) -> None:
