@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 
 import pytest
 
@@ -134,3 +136,47 @@ def test_a_call_cancelled_as_its_connection_arrives_gives_the_connection_back(
         return pool.breakers.connections.count, pool.active
 
     assert _run(dns_server, body) == (0, 0)
+
+
+def test_an_unrequested_101_does_not_keep_the_connection(dns_server: DNSTestServer) -> None:
+    """A server that answers 101 to a plain request (the client never asks to upgrade) must
+    not leave the connection open as a tunnel nobody reads, holding a breaker slot."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    closed = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+            )
+            try:
+                while conn.recv(65536):
+                    pass
+            except OSError:
+                return
+            closed.set()  # the proxy closed its end
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def body(cluster: DfpCluster) -> object:
+        with pytest.raises(ClientError, match="unexpected protocol upgrade"):
+            await fetch(cluster, f"http://127.0.0.1:{port}/", time_limit=2.0)
+        for _ in range(100):
+            if cluster.pool.breakers.connections.count == 0:
+                break
+            await asyncio.sleep(0.01)
+        return cluster.pool.breakers.connections.count
+
+    try:
+        assert _run(dns_server, body) == 0
+        assert closed.wait(5)
+    finally:
+        listener.close()
+        server.join(5)
