@@ -551,6 +551,11 @@ P = "spec.virtualHost.options.jwt"
          f"{P}.validationPolicy", "REQUIRE_VALID"),
         (f"jwt: {{providers: {{p: {{{REMOTE}}}}}}}\njwtStaged: {{}}",
          "spec.virtualHost.options", "jwt and jwtStaged are exclusive"),
+        # Fetched through the gateway's DFP cluster, which has no sslConfig: every fetch
+        # would fail, and every request with it.
+        ("jwtStaged: {afterExtAuth: {providers: {p: {jwks: {remote: {url: 'https://k.test/'}}}}}}",
+         "spec.virtualHost.options.jwtStaged.afterExtAuth.providers.p.jwks.remote.url",
+         "https:// needs the gateway's dynamicForwardProxy with sslConfig"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_field(
