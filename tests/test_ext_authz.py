@@ -344,6 +344,18 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         "{serverUri: 'http://127.0.0.1:1', httpService: {request: {allowedHeadersRegex: ['(']}}}",
     )
     assert "allowedHeadersRegex[0]" in text
+    # The service's answer must not set the upstream request's framing (its own
+    # Content-Length and Transfer-Encoding are in every answer).
+    text = errors_of(
+        tmp_path,
+        "{serverUri: 'http://127.0.0.1:1', httpService: {response:"
+        " {allowedUpstreamHeaders: [x-user, Content-Length],"
+        " allowedUpstreamHeadersToAppend: [transfer-encoding]}}}",
+    )
+    assert "httpService.response.allowedUpstreamHeaders" in text
+    assert "'Content-Length' cannot be set on the upstream request" in text
+    assert "httpService.response.allowedUpstreamHeadersToAppend" in text
+    assert "'transfer-encoding' cannot be set on the upstream request" in text
     text = errors_of(tmp_path, "{serverUri: 'https://127.0.0.1:1'}")
     assert "extauth.serverUri: https:// needs a dynamicForwardProxy with sslConfig" in text
 

@@ -547,10 +547,22 @@ P = "spec.virtualHost.options.jwt"
          "exactly one of local, remote"),
         (f"jwt: {{providers: {{p: {{{REMOTE}, claimsToHeaders: [{{claim: a, header: 'a b'}}]}}}}}}",
          f"{P}.providers.p.claimsToHeaders[0].header", "not a valid HTTP header name"),
+        # A claim must not set the request's framing: a GET given a Content-Length would
+        # leave the pooled upstream connection waiting for a body the next request fills.
+        (f"jwt: {{providers: {{p: {{{REMOTE}, claimsToHeaders: [{{claim: a, header: x-a}},"
+         f" {{claim: n, header: Content-Length}}]}}}}}}",
+         f"{P}.providers.p.claimsToHeaders[1].header", "'Content-Length' cannot be used here"),
+        (f"jwt: {{providers: {{p: {{{REMOTE}, claimsToHeaders: [{{claim: a, header: te}}]}}}}}}",
+         f"{P}.providers.p.claimsToHeaders[0].header", "'te' cannot be used here"),
         (f"jwt: {{validationPolicy: SOMETIMES, providers: {{p: {{{REMOTE}}}}}}}",
          f"{P}.validationPolicy", "REQUIRE_VALID"),
         (f"jwt: {{providers: {{p: {{{REMOTE}}}}}}}\njwtStaged: {{}}",
          "spec.virtualHost.options", "jwt and jwtStaged are exclusive"),
+        # Fetched through the gateway's DFP cluster, which has no sslConfig: every fetch
+        # would fail, and every request with it.
+        ("jwtStaged: {afterExtAuth: {providers: {p: {jwks: {remote: {url: 'https://k.test/'}}}}}}",
+         "spec.virtualHost.options.jwtStaged.afterExtAuth.providers.p.jwks.remote.url",
+         "https:// needs the gateway's dynamicForwardProxy with sslConfig"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_field(

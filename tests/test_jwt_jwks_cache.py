@@ -151,3 +151,30 @@ def test_no_cluster_to_fetch_through(dns_server: DNSTestServer) -> None:
         assert "no dynamic forward proxy cluster" in jwks.last_error
 
     run(dns_server, body)
+
+
+def test_async_fetch_of_keys_nobody_uses_stops_even_while_the_server_is_down(
+    dns_server: DNSTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JWKS a reload no longer configures stays in ``runtime.shared``; with asyncFetch
+    and its server gone it must not retry (and log a warning) every second for ever."""
+    from dfproxy.jwt_authn import jwks_cache
+
+    monkeypatch.setattr(jwks_cache, "FAILED_REFETCH_INTERVAL", 0.05)
+
+    async def body(cluster: DfpCluster, stats: StatsStore) -> int:
+        jwks = make(
+            cluster, stats, "http://jwks-down.test:1/keys", cache_duration=0.1, async_fetch=True
+        )
+        failed = stats.counter("jwt_authn.jwks_fetch_failed")
+        for _ in range(100):  # unused for far more than IDLE_PERIODS cache periods
+            await asyncio.sleep(0.02)
+            if jwks.timer is None and jwks.task is None and failed.value:
+                break
+        attempts = failed.value
+        assert attempts >= 1
+        await asyncio.sleep(0.3)
+        assert (jwks.timer, jwks.task) == (None, None)
+        return failed.value - attempts
+
+    assert run(dns_server, body) == 0

@@ -440,6 +440,103 @@ def test_bcrypt_checks_are_shared_per_credential_and_bounded(
     assert calls == [b"right"]
 
 
+def test_concurrent_guesses_from_one_address_cannot_exceed_the_failure_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failures are only known when a bcrypt check ends: guesses sent all at once (one per
+    connection) must not all be checked before the first failure counts. With maxFailures
+    3, at most 3 checks run for one address; the others get 429 without a check."""
+    gate = threading.Event()
+    calls: list[bytes] = []
+
+    def slow_verify(stored: PasswordHash, password: bytes) -> bool:
+        calls.append(password)
+        gate.wait(10)
+        return False
+
+    monkeypatch.setattr(proxy_auth, "verify", slow_verify)
+    stored = parse_hash(bcrypt_entry("right"))
+    cfg = ProxyAuthConfig("r", {"u": stored}, 3, 60.0, 100, 5.0, 100, max_pending=64)
+    shared, executor = proxy_auth._Shared(cfg), proxy_auth._Executor()
+    f = ProxyAuthFilter(cfg, shared, executor, StatsStore(), "t.")
+
+    async def scenario() -> tuple[list[FakeStream], FakeStream]:
+        answered = asyncio.Event()
+        streams: list[FakeStream] = []
+
+        class Guess(FakeStream):
+            def send_local_reply(self, status: int, body: bytes, **kw: object) -> None:
+                super().send_local_reply(status, body, **kw)
+                if all(s.reply is not None for s in streams):
+                    answered.set()
+
+        streams += [Guess(basic("u", f"guess{i}"), f"10.0.0.7:{i}") for i in range(10)]
+        streams.append(Guess(basic("u", "other"), "10.0.0.8:1"))  # another address: checked
+        for g in streams:
+            assert f.on_request_headers(g) == STOP  # type: ignore[arg-type]
+        gate.set()
+        async with asyncio.timeout(5.0):
+            await answered.wait()
+        return streams[:-1], streams[-1]
+
+    try:
+        guesses, other = asyncio.run(scenario())
+    finally:
+        executor.close()
+    codes = sorted(g.reply[0] for g in guesses if g.reply is not None)
+    assert codes == [407] * 3 + [429] * 7
+    assert other.reply is not None and other.reply[0] == 407
+    assert len(calls) == 4  # three guesses from 10.0.0.7, one from 10.0.0.8
+    # Once the checks ended, the address is limited as before.
+    late = FakeStream(basic("u", "late"), "10.0.0.7:99")
+    assert f.on_request_headers(late) == STOP  # type: ignore[arg-type]
+    assert late.reply is not None and late.reply[0] == 429
+
+
+def test_an_unknown_user_costs_a_bcrypt_check_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong password for a bcrypt user is answered after a check of milliseconds; an
+    unknown user must not be answered at once, or the delay tells which users exist."""
+    gate = threading.Event()
+    checked: list[tuple[PasswordHash, bytes]] = []
+
+    def slow_verify(stored: PasswordHash, password: bytes) -> bool:
+        checked.append((stored, password))
+        gate.wait(10)
+        return True  # even a "match" against the stand-in hash must not let anyone in
+
+    monkeypatch.setattr(proxy_auth, "verify", slow_verify)
+    alice = parse_hash(bcrypt_entry("right"))
+    cfg = ProxyAuthConfig("r", {"alice": alice}, 5, 60.0, 100, 5.0, 100, max_pending=8)
+    shared, executor = proxy_auth._Shared(cfg), proxy_auth._Executor()
+    f = ProxyAuthFilter(cfg, shared, executor, StatsStore(), "t.")
+
+    async def scenario() -> FakeStream:
+        answered = asyncio.Event()
+
+        class Probe(FakeStream):
+            def send_local_reply(self, status: int, body: bytes, **kw: object) -> None:
+                super().send_local_reply(status, body, **kw)
+                answered.set()
+
+        probe = Probe(basic("mallory", "x"))
+        assert f.on_request_headers(probe) == STOP  # type: ignore[arg-type]
+        assert probe.reply is None  # not answered before a check as costly as a real one
+        gate.set()
+        async with asyncio.timeout(5.0):
+            await answered.wait()
+        return probe
+
+    try:
+        probe = asyncio.run(scenario())
+    finally:
+        executor.close()
+    assert probe.reply is not None and probe.reply[0] == 407
+    assert probe.filter_state == {}
+    ((stored, password),) = checked
+    assert password == b"x" and stored.expensive
+    assert stored.value[4:7] == alice.value[4:7]  # the same cost as the real entries
+
+
 def test_request_body_waits_for_the_bcrypt_check(
     proxy: ProxyProcess, shared_origin: OriginServer
 ) -> None:

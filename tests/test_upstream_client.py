@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 
 import pytest
 
@@ -96,3 +98,85 @@ def test_fetch_times_out(dns_server: DNSTestServer, origin: OriginServer) -> Non
         return None
 
     _run(dns_server, body)
+
+
+def test_a_call_cancelled_as_its_connection_arrives_gives_the_connection_back(
+    dns_server: DNSTestServer, origin: OriginServer
+) -> None:
+    """The time limit (or the caller) may cancel a fetch in the very loop turn in which the
+    pool hands it a new connection: the connection must not stay open and counted against
+    max_connections for ever."""
+
+    async def body(cluster: DfpCluster) -> object:
+        pool = cluster.pool
+        original = pool.request
+        task: asyncio.Task[object] | None = None
+
+        def request(host: object, callback: object, plain: bool = False) -> bool:
+            def arrived(conn: object, reason: str) -> None:
+                callback(conn, reason)  # type: ignore[operator]
+                # Cancel the task that waits for the connection before it resumes: what a
+                # time limit expiring in this loop turn does (wait_for runs the exchange in
+                # a task of its own before Python 3.12, in the caller's from 3.12).
+                inner = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_exchange"]
+                assert task is not None
+                for t in inner or [task]:
+                    t.cancel()
+
+            return original(host, arrived, plain)  # type: ignore[arg-type]
+
+        pool.request = request  # type: ignore[method-assign]
+        task = asyncio.ensure_future(fetch(cluster, f"http://127.0.0.1:{origin.port}/echo"))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):  # the close is reported a turn or two later
+            if pool.breakers.connections.count == 0:
+                break
+            await asyncio.sleep(0.01)
+        return pool.breakers.connections.count, pool.active
+
+    assert _run(dns_server, body) == (0, 0)
+
+
+def test_an_unrequested_101_does_not_keep_the_connection(dns_server: DNSTestServer) -> None:
+    """A server that answers 101 to a plain request (the client never asks to upgrade) must
+    not leave the connection open as a tunnel nobody reads, holding a breaker slot."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    closed = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+            )
+            try:
+                while conn.recv(65536):
+                    pass
+            except OSError:
+                return
+            closed.set()  # the proxy closed its end
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def body(cluster: DfpCluster) -> object:
+        with pytest.raises(ClientError, match="unexpected protocol upgrade"):
+            await fetch(cluster, f"http://127.0.0.1:{port}/", time_limit=2.0)
+        for _ in range(100):
+            if cluster.pool.breakers.connections.count == 0:
+                break
+            await asyncio.sleep(0.01)
+        return cluster.pool.breakers.connections.count
+
+    try:
+        assert _run(dns_server, body) == 0
+        assert closed.wait(5)
+    finally:
+        listener.close()
+        server.join(5)

@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 from dataclasses import dataclass
 
@@ -103,6 +104,21 @@ def parse_htpasswd(text: str) -> tuple[dict[str, PasswordHash], list[HtpasswdErr
         except ValueError as exc:
             errors.append(HtpasswdError(number, f"user {name!r}: {exc}"))
     return users, errors
+
+
+_BCRYPT_ALPHABET = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def decoy_hash(users: dict[str, PasswordHash]) -> PasswordHash | None:
+    """A bcrypt hash no password matches, as costly to check as the costliest entry (None
+    without bcrypt entries). Checking an unknown user against it takes as long as a wrong
+    password for a real one, so the answer's delay does not tell which users exist
+    (CWE-208). A fresh salt and a random digest: no hashing is done to make it."""
+    costs = [int(h.value[4:6]) for h in users.values() if h.scheme == BCRYPT]
+    if not costs:
+        return None
+    digest = bytes(_BCRYPT_ALPHABET[b % 64] for b in os.urandom(31))
+    return PasswordHash(BCRYPT, bcrypt.gensalt(max(costs)) + digest)
 
 
 def verify(stored: PasswordHash, password: bytes) -> bool:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from dfproxy import filters as F
 from dfproxy.config.schema import jwt as schema
@@ -270,6 +271,7 @@ class JwtStage:
         self.before = before
         self.stage = "beforeExtAuth" if before else "afterExtAuth"
         self._last: tuple[object, JwtPolicy] | None = None  # routes of one vhost share it
+        self._checked: tuple[JwtPolicy, object] | None = None  # the last scheme check
 
     def _vhost(self, levels: Levels, report: Report) -> tuple[schema.VhostExtension | None, str]:
         opts = levels.vhost
@@ -326,15 +328,44 @@ class JwtStage:
                 )
                 if own is not None:
                     path = f"{levels.route_path}.jwtProvidersStaged.{self.stage}"
-                    return compile_extension(own, levels.vs_where, path, report)
+                    compiled = compile_extension(own, levels.vs_where, path, report)
+                    self._check_schemes(compiled, levels, path, report)
+                    return compiled
         if ext is None:
             return None
         last = self._last
         if last is not None and last[0] is ext:
-            return last[1]
-        compiled = compile_extension(ext, levels.vs_where, path, report)
-        self._last = (ext, compiled)
+            compiled = last[1]
+        else:
+            compiled = compile_extension(ext, levels.vs_where, path, report)
+            self._last = (ext, compiled)
+        self._check_schemes(compiled, levels, path, report)
         return compiled
+
+    def _check_schemes(
+        self, compiled: JwtPolicy, levels: Levels, path: str, report: Report
+    ) -> None:
+        """A remote JWKS is fetched through the gateway's DFP cluster, which either always
+        originates TLS (sslConfig) or never does: a URL it cannot speak is a config error,
+        not a fetch (and so every request with the provider) failing at run time. Checked
+        once per policy and gateway (the routes of a virtual host share the policy)."""
+        dfp = getattr(levels.listener, "dynamic_forward_proxy", None)
+        if dfp is None or self._checked == (compiled, levels.listener):
+            return  # no DFP here: the fetch borrows another gateway's cluster
+        self._checked = (compiled, levels.listener)
+        tls = dfp.ssl_config is not None
+        for p in compiled.providers:
+            if p.remote is None:
+                continue
+            https = urlsplit(p.remote.url).scheme == "https"
+            if https != tls:
+                report.add(
+                    levels.vs_where,
+                    f"{path}.providers.{p.name}.jwks.remote.url",
+                    f"{'https' if https else 'http'}:// needs the gateway's dynamicForwardProxy"
+                    f" {'with' if https else 'without'} sslConfig (the JWKS is fetched"
+                    " through it)",
+                )
 
     def build(self, compiled: JwtPolicy, ctx: BuildContext) -> Sequence[F.HttpFilter]:
         runtime = ctx.runtime

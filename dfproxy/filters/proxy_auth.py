@@ -9,8 +9,10 @@ matched: a changed password (reload) no longer matches the cached hash.
 
 A bcrypt check costs milliseconds (``bench/authn.py``), so it runs in a small thread pool and
 the request waits (STOP, then ``resume_filters``); at most ``maxPendingChecks`` wait, more get
-503. SHA entries are checked inline (microseconds). Failures are counted per client address:
-past ``failureLimit.maxFailures`` in the window, the address gets 429 without any check.
+503. SHA entries are checked inline (microseconds). An unknown user is checked against a
+stand-in bcrypt hash as costly as the real ones, so timing does not tell which users exist.
+Failures are counted per client address: past ``failureLimit.maxFailures`` in the window,
+the address gets 429 without any check.
 
 Answers: 407 with ``Proxy-Authenticate: Basic realm=...`` (a CONNECT is closed after it, as
 every CONNECT local reply); the body wording is Envoy's basic_auth filter's. Stats under
@@ -29,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from dfproxy.auth.basic import challenge, credential_key, parse_basic
 from dfproxy.auth.failure_limiter import FailureLimiter, client_address
-from dfproxy.auth.htpasswd import PasswordHash, parse_hash, parse_htpasswd, verify
+from dfproxy.auth.htpasswd import (
+    PasswordHash,
+    decoy_hash,
+    parse_hash,
+    parse_htpasswd,
+    verify,
+)
 from dfproxy.auth.ttl_cache import TtlCache
 from dfproxy.filters import CONTINUE, STOP, HttpFilter
 from dfproxy.stream import DONE
@@ -116,6 +124,8 @@ class ProxyAuthFilter(HttpFilter):
         self.shared = shared
         self.executor = executor
         self.challenge = [(b"proxy-authenticate", challenge(config.realm))]
+        # What an unknown user is checked against (see htpasswd.decoy_hash); never a match.
+        self.decoy = decoy_hash(config.users)
         self.st_allowed = stats.counter(prefix + "allowed")
         self.st_denied = stats.counter(prefix + "denied")
         self.st_rate_limited = stats.counter(prefix + "rate_limited")
@@ -142,11 +152,14 @@ class ProxyAuthFilter(HttpFilter):
             self.st_cache_hit.value += 1
             return self._allow(stream, cached[0])
         creds = parse_basic(value)
-        stored = self.config.users.get(creds[0]) if creds is not None else None
-        if creds is None or stored is None:
+        if creds is None:
             self._fail(stream, address, now)
             return STOP
         user, password = creds
+        stored = self.config.users.get(user) or self.decoy
+        if stored is None:
+            self._fail(stream, address, now)
+            return STOP
         if not stored.expensive:
             if verify(stored, password):
                 shared.verified.put(key, (user, stored), now)
@@ -157,17 +170,25 @@ class ProxyAuthFilter(HttpFilter):
         if waiting is not None and waiting[0] == stored:
             waiting[1].append((stream, address))  # the same credential is being checked
             return STOP
+        if not shared.failures.may_check(address, now):
+            # This address has as many checks running as it may still fail: wait for them.
+            self.st_rate_limited.value += 1
+            self._refuse(stream, 429, LIMITED, "proxy_auth_rate_limited", address, 1.0)
+            return STOP
         if shared.pending >= self.config.max_pending:
             self.st_overloaded.value += 1
             self._refuse(stream, 503, BUSY, "proxy_auth_overloaded", address)
             return STOP
         shared.pending += 1
+        shared.failures.check_started(address)
         waiters = [(stream, address)]
         if waiting is None:  # else a reload changed the hash: this check answers its own
             shared.inflight[key] = (stored, waiters)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor.pool, verify, stored, password)
-        future.add_done_callback(lambda f: self._checked(f, key, user, stored, now, waiters))
+        future.add_done_callback(
+            lambda f: self._checked(f, key, user, stored, now, address, waiters)
+        )
         return STOP
 
     def _checked(
@@ -177,18 +198,21 @@ class ProxyAuthFilter(HttpFilter):
         user: str,
         stored: PasswordHash,
         now: float,
+        address: str,
         waiters: list[tuple[Stream, str]],
     ) -> None:
-        """A bcrypt check finished: answer every request that waited for it."""
+        """A bcrypt check (started for a request from ``address``) finished: answer every
+        request that waited for it."""
         shared = self.shared
         shared.pending -= 1
+        shared.failures.check_ended(address)
         entry = shared.inflight.get(key)
         if entry is not None and entry[1] is waiters:
             del shared.inflight[key]
         failed = future.cancelled() or future.exception() is not None
         if failed:
             log.error("password check failed: %r", future.cancelled() or future.exception())
-        ok = not failed and future.result()
+        ok = not failed and future.result() and stored is not self.decoy
         if ok:
             shared.verified.put(key, (user, stored), now)
         for stream, address in waiters:

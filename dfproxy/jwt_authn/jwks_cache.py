@@ -11,7 +11,8 @@ States (``keys`` x ``task``):
 Rules: a failed fetch never drops keys that worked (stale keys beat refusing everybody);
 waiters are told once, after the fetch ended either way. With ``asyncFetch`` the keys are
 fetched at start-up and refreshed on a timer (Envoy's ``JwksAsyncFetcher``), but only while
-someone used them within two cache periods, so a JWKS no config uses any more goes quiet.
+someone used or configured them within two cache periods, so a JWKS no config uses any
+more goes quiet (also while its server is down: a reload keeps it in ``runtime.shared``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class RemoteJwks:
         self.keys: tuple[Key, ...] | None = None
         self.fetched_at = 0.0
         self.failed_at = -FAILED_REFETCH_INTERVAL
-        self.last_used = time.monotonic()
+        self.last_used = time.monotonic()  # by a request, or configured by a (re)load
         self.last_error = ""
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -83,6 +84,7 @@ class RemoteJwks:
             self.async_fetch = self.async_fetch or async_fetch
             self.fast_listener = self.fast_listener and fast_listener
         self.cluster_for = cluster_for
+        self.last_used = time.monotonic()
         if self.async_fetch and self.timer is None and self.task is None:
             # The loop may not run yet (start-up): fetch as soon as it does.
             self.timer = self.loop.call_later(0, self._on_timer)
@@ -172,7 +174,7 @@ class RemoteJwks:
     def _on_timer(self) -> None:
         self.timer = None
         idle = time.monotonic() - self.last_used > IDLE_PERIODS * self.cache_duration
-        if self.task is None and not (idle and self.keys is not None):
+        if self.task is None and not idle:
             self._start()
 
     def close(self) -> None:

@@ -95,6 +95,11 @@ class _Collector:
             self.done.set_result(Response(self.status, self.headers, b"".join(self.body)))
 
     def upstream_upgraded(self, rest: bytes) -> None:
+        # We never ask to upgrade: the connection is now a tunnel nobody reads. Close it, or
+        # it keeps a max_connections slot of the cluster the proxy's own traffic uses.
+        conn, self.upstream = self.upstream, None
+        if conn is not None:
+            conn.detach()
         self._fail("unexpected protocol upgrade")
 
     def upstream_reset(self, reason: str) -> None:
@@ -166,7 +171,12 @@ async def _connection(cluster: DfpCluster, host: DnsHostInfo) -> UpstreamConnect
     try:
         return await ready
     except asyncio.CancelledError:
-        pool.cancel(connected)
+        if ready.done() and not ready.cancelled() and ready.exception() is None:
+            # Cancelled in the loop turn the connection arrived in (a time limit expiring
+            # then): nobody will use it, and it holds a max_connections slot until closed.
+            ready.result().close()
+        else:
+            pool.cancel(connected)
         raise
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from dfproxy.config.schema.jwt import FRAMING_HEADERS
 from dfproxy.config.schema_base import Duration, Model
 
 # Gloo's Settings.status_on_error: "must be one of the following".
@@ -39,6 +40,15 @@ class HttpServiceResponse(Model):
     allowed_upstream_headers: list[str] = Field(default_factory=list)
     allowed_client_headers: list[str] = Field(default_factory=list)
     allowed_upstream_headers_to_append: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_upstream_headers", "allowed_upstream_headers_to_append")
+    @classmethod
+    def _not_framing(cls, value: list[str]) -> list[str]:
+        # The service's own Content-Length and Transfer-Encoding are in every answer.
+        for name in value:
+            if name.lower() in FRAMING_HEADERS:
+                raise ValueError(f"{name!r} cannot be set on the upstream request")
+        return value
 
 
 class HttpService(Model):

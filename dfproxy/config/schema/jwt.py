@@ -12,11 +12,18 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from dfproxy.config.schema_base import Duration, Model
+from dfproxy.http.headers import HOP_BY_HOP
 from dfproxy.jwt_authn.keys import parse_key_text
 from dfproxy.jwt_authn.status import JwksError
 
 # RFC 9110 §5.1: a field name is a token.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+# Headers a policy never sets on the upstream request from what a token or a service says:
+# they frame the message or belong to one hop (RFC 9110 §7.6.1), and the proxy writes its
+# own. A GET given a Content-Length would leave the pooled upstream connection reading the
+# next request (another client's) as its body.
+FRAMING_HEADERS = frozenset({"content-length", *(n.decode() for n in HOP_BY_HOP)})
 
 
 def _header_name(value: str) -> str:
@@ -112,6 +119,8 @@ class ClaimToHeader(Model):
     @field_validator("header")
     @classmethod
     def _name(cls, value: str) -> str:
+        if value.lower() in FRAMING_HEADERS:
+            raise ValueError(f"{value!r} cannot be used here (it frames the request)")
         return _header_name(value)
 
 
