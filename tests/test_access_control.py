@@ -315,6 +315,30 @@ def test_wildcard_domain(proxy: ProxyProcess, servers: dict[str, object]) -> Non
     assert status == 200
 
 
+# c-ares reads backslash escapes (``bl\\ocked`` is ``blocked``, ``\\098`` is ``b``) and pycares
+# IDNA-2003-maps non-ASCII text (a soft hyphen U+00AD vanishes, U+00BA is "o"): a name that
+# reaches the resolver like that is not the name the rules saw.
+RESOLVER_REWRITTEN = ["bl\\ocked.test", "\\098locked.test", "bloc\xadked.test", "bl\xbacked.test"]
+
+
+@pytest.mark.parametrize("host", RESOLVER_REWRITTEN)
+def test_host_the_resolver_would_rewrite_is_refused(
+    proxy: ProxyProcess, servers: dict[str, object], dns_server: DNSTestServer, host: str
+) -> None:
+    port = _srv(servers, "two")
+    before = len(servers["two"].requests)  # type: ignore[attr-defined]
+    dns_server.set("blocked.test", a=[TWO])  # were it resolved, the address is allowed
+    try:
+        with RawClient("127.0.0.1", proxy.port) as c:
+            resp = c.request("GET", "/echo", {"Host": f"{host}:{port}"})
+    finally:
+        dns_server.clear("blocked.test")
+    assert resp.status == 400
+    assert resp.text.startswith("invalid host: character ")
+    assert dns_server.count("blocked.test") == 0  # the denied name is never resolved
+    assert len(servers["two"].requests) == before  # type: ignore[attr-defined]
+
+
 def test_port_rule(proxy: ProxyProcess, servers: dict[str, object]) -> None:
     port = _srv(servers, "two_b")
     status, body = get(proxy, f"http://two.test:{port}/")
