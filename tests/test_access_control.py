@@ -494,6 +494,21 @@ def test_embedded_default_with_allow_flags(
         echo.stop()
 
 
+def test_an_ipv6_allow_does_not_open_ipv4_through_its_mapped_spelling(
+    tmp_path: Path, dns_server: DNSTestServer, embedded: list[ProxyProcess]
+) -> None:
+    """``::ffff:127.0.0.1`` is the IPv4 address 127.0.0.1 (RFC 4291 §2.5.5.2: a dual-stack
+    socket connects there), so allowing every IPv6 destination must not allow it."""
+    p = launch_embedded(tmp_path, dns_server, "--allow-destination", "::/0")
+    embedded.append(p)
+    with sentinels(("127.0.0.1", 0)) as (s,):
+        for host in ("[::ffff:127.0.0.1]", "[::ffff:7f00:1]"):
+            r = curl("-x", p.url, "--max-time", "5", f"http://{host}:{s.port}/")
+            assert r.http_code == 403, (host, r.http_code, r.text)
+            assert r.text == f"destination denied by rule 'deny-loopback' ({host}:{s.port})"
+        assert s.attempts() == 0
+
+
 def test_the_test_fixture_allows_loopback(
     proxy_factory: object, origin: OriginServer, tcp_echo_server: TcpEchoServer
 ) -> None:
