@@ -13,7 +13,7 @@ import contextlib
 import json
 import socket
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -383,6 +383,35 @@ def test_curl_proxytunnel_denied(proxy: ProxyProcess, servers: dict[str, object]
     r = proxy.curl("-p", f"http://{TWO}:{_srv(servers, 'echo_no')}/")
     assert r.returncode != 0
     assert "403" in r.stderr
+
+
+def test_allow_connect_port_flag_leaves_a_user_rule_of_the_same_name_alone(
+    proxy_factory: Callable[..., ProxyProcess],
+    tmp_path: Path,
+    servers: dict[str, object],
+) -> None:
+    """--allow-connect-port widens the built-in 'connect-ports' rule; a rule of the config
+    that happens to carry that name (here: plain requests to one port denied) is the
+    config's own and keeps its meaning."""
+    port = _srv(servers, "two_b")
+    cfg = tmp_path / "named.yaml"
+    cfg.write_text(
+        GATEWAY
+        + "---\n"
+        + vs(
+            "named",
+            ["*"],
+            f"""
+            destinationPolicy:
+              rules: [{{name: connect-ports, action: DENY, ports: [{port}], connect: false}}]
+            """,
+        )
+    )
+    p = proxy_factory("-c", str(cfg), "--allow-connect-port", "8443")
+    before = len(servers["two_b"].requests)  # type: ignore[attr-defined]
+    status, body = get(p, f"http://{TWO}:{port}/echo")
+    assert (status, body) == (403, f"destination denied by rule 'connect-ports' ({TWO}:{port})")
+    assert len(servers["two_b"].requests) == before  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------- source, RBAC

@@ -50,12 +50,19 @@ def connect_ports_rule(ports: tuple[int, ...]) -> DestinationRule:
     """CONNECT to any port but ``ports`` is denied (tunnels are for TLS, RFC 9110 §9.3.6
     warns that CONNECT to arbitrary ports makes the proxy a relay for any protocol)."""
     return DestinationRule(
-        CONNECT_PORTS_RULE, allow=False, ports=PortSet(ports, invert=True), connect=True
+        CONNECT_PORTS_RULE,
+        allow=False,
+        ports=PortSet(ports, invert=True),
+        connect=True,
+        builtin=True,
     )
 
 
 def secure_rules(connect_ports: tuple[int, ...] = DEFAULT_CONNECT_PORTS) -> list[DestinationRule]:
-    rules = [DestinationRule(name, allow=False, cidrs=CidrSet(c)) for name, c in SECURE_RULES]
+    rules = [
+        DestinationRule(name, allow=False, cidrs=CidrSet(c), builtin=True)
+        for name, c in SECURE_RULES
+    ]
     rules.append(connect_ports_rule(connect_ports))
     return rules
 
