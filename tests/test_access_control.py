@@ -414,6 +414,20 @@ def test_allow_connect_port_flag_leaves_a_user_rule_of_the_same_name_alone(
     assert len(servers["two_b"].requests) == before  # type: ignore[attr-defined]
 
 
+def test_empty_connect_ports_allows_no_connect(
+    proxy_factory: Callable[..., ProxyProcess], tmp_path: Path, servers: dict[str, object]
+) -> None:
+    """``connectPorts`` lists the ports CONNECT may reach: an empty list is none of them,
+    not "any port"."""
+    cfg = tmp_path / "ports.yaml"
+    cfg.write_text(GATEWAY + "---\n" + vs("ports", ["*"], "destinationPolicy: {connectPorts: []}"))
+    p = proxy_factory("-c", str(cfg))
+    target = f"{TWO}:{_srv(servers, 'echo_ok')}"
+    status, body, _ = tunnel(p, target)
+    assert (status, body) == (403, f"destination denied by rule 'connect-ports' ({target})")
+    assert get(p, f"http://{TWO}:{_srv(servers, 'two')}/echo")[0] == 200
+
+
 # ---------------------------------------------------------------------------- source, RBAC
 def test_client_cidr_deny(proxy: ProxyProcess, servers: dict[str, object]) -> None:
     status, body = get(proxy, f"http://src-deny.test:{_srv(servers, 'two')}/")

@@ -85,10 +85,13 @@ def destination(p: schema.DestinationPolicy) -> DestinationRules:
         )
         for r in p.rules
     ]
+    # connectPorts set (even to []) lists every port CONNECT may reach; left out, it is 443
+    # with secureDefaults and any port without.
+    ports = None if p.connect_ports is None else tuple(p.connect_ports)
     if p.secure_defaults:
-        rules += secure_rules(tuple(p.connect_ports or DEFAULT_CONNECT_PORTS))
-    elif p.connect_ports:
-        rules.append(connect_ports_rule(tuple(p.connect_ports)))
+        rules += secure_rules(DEFAULT_CONNECT_PORTS if ports is None else ports)
+    elif ports is not None:
+        rules.append(connect_ports_rule(ports))
     default = DestinationRule("default", allow=p.default_action == ALLOW)
     return DestinationRules(rules, default, shadow=p.shadow)
 
