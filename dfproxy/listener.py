@@ -7,6 +7,7 @@ open connections (for drain). Per-connection objects come from here; nothing per
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +27,23 @@ log = logging.getLogger("dfproxy.listener")
 # Route timeouts are checked this often (so they fire up to this late). A timer per request
 # cost 2.6 µs; one sweep over the connections costs far less at any request rate.
 SWEEP_INTERVAL = 0.25
+
+
+def _connected_ip(ip: str) -> str:
+    """The address a connect to ``ip`` reaches, as the listener's own addresses are written:
+    an IPv4-mapped address is its IPv4 address (RFC 4291 §2.5.5.2), and the unspecified
+    address is loopback (Linux connects 0.0.0.0 to 127.0.0.1, :: to ::1)."""
+    if ip == "0.0.0.0":
+        return "127.0.0.1"
+    if ":" in ip:
+        try:
+            v6 = ipaddress.IPv6Address(ip.partition("%")[0])
+        except ValueError:
+            return ip
+        if v6.ipv4_mapped is not None:
+            return _connected_ip(str(v6.ipv4_mapped))
+        return "::1" if v6.is_unspecified else str(v6)
+    return ip
 
 
 class Listener:
@@ -152,7 +170,8 @@ class Listener:
 
     def is_self(self, ip: str, port: int, local_ip: str) -> bool:
         """True when (ip, port) is one of our listeners: forwarding there would loop."""
-        if (ip, port) in self.own_endpoints or ip == local_ip:
+        ip = _connected_ip(ip)
+        if (ip, port) in self.own_endpoints or ip == _connected_ip(local_ip):
             return True
         wildcard = ("0.0.0.0", port) in self.own_endpoints or ("::", port) in self.own_endpoints
         return wildcard and (ip.startswith("127.") or ip == "::1")

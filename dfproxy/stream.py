@@ -317,8 +317,10 @@ class Stream:
             host = self.host
             assert host is not None
         listener = self.conn.listener
-        if host.port in listener.own_ports and listener.is_self(
-            host.addresses[0][0], host.port, self.conn.local_ip
+        if host.port in listener.own_ports and any(
+            # Every address: Happy Eyeballs falls back to the next one when a connect fails.
+            listener.is_self(address[0], host.port, self.conn.local_ip)
+            for address in host.addresses
         ):
             self.local_error(errors.ForwardingLoop(host.key))
             return

@@ -13,7 +13,7 @@ import contextlib
 import json
 import socket
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -315,6 +315,30 @@ def test_wildcard_domain(proxy: ProxyProcess, servers: dict[str, object]) -> Non
     assert status == 200
 
 
+# c-ares reads backslash escapes (``bl\\ocked`` is ``blocked``, ``\\098`` is ``b``) and pycares
+# IDNA-2003-maps non-ASCII text (a soft hyphen U+00AD vanishes, U+00BA is "o"): a name that
+# reaches the resolver like that is not the name the rules saw.
+RESOLVER_REWRITTEN = ["bl\\ocked.test", "\\098locked.test", "bloc\xadked.test", "bl\xbacked.test"]
+
+
+@pytest.mark.parametrize("host", RESOLVER_REWRITTEN)
+def test_host_the_resolver_would_rewrite_is_refused(
+    proxy: ProxyProcess, servers: dict[str, object], dns_server: DNSTestServer, host: str
+) -> None:
+    port = _srv(servers, "two")
+    before = len(servers["two"].requests)  # type: ignore[attr-defined]
+    dns_server.set("blocked.test", a=[TWO])  # were it resolved, the address is allowed
+    try:
+        with RawClient("127.0.0.1", proxy.port) as c:
+            resp = c.request("GET", "/echo", {"Host": f"{host}:{port}"})
+    finally:
+        dns_server.clear("blocked.test")
+    assert resp.status == 400
+    assert resp.text.startswith("invalid host: character ")
+    assert dns_server.count("blocked.test") == 0  # the denied name is never resolved
+    assert len(servers["two"].requests) == before  # type: ignore[attr-defined]
+
+
 def test_port_rule(proxy: ProxyProcess, servers: dict[str, object]) -> None:
     port = _srv(servers, "two_b")
     status, body = get(proxy, f"http://two.test:{port}/")
@@ -359,6 +383,49 @@ def test_curl_proxytunnel_denied(proxy: ProxyProcess, servers: dict[str, object]
     r = proxy.curl("-p", f"http://{TWO}:{_srv(servers, 'echo_no')}/")
     assert r.returncode != 0
     assert "403" in r.stderr
+
+
+def test_allow_connect_port_flag_leaves_a_user_rule_of_the_same_name_alone(
+    proxy_factory: Callable[..., ProxyProcess],
+    tmp_path: Path,
+    servers: dict[str, object],
+) -> None:
+    """--allow-connect-port widens the built-in 'connect-ports' rule; a rule of the config
+    that happens to carry that name (here: plain requests to one port denied) is the
+    config's own and keeps its meaning."""
+    port = _srv(servers, "two_b")
+    cfg = tmp_path / "named.yaml"
+    cfg.write_text(
+        GATEWAY
+        + "---\n"
+        + vs(
+            "named",
+            ["*"],
+            f"""
+            destinationPolicy:
+              rules: [{{name: connect-ports, action: DENY, ports: [{port}], connect: false}}]
+            """,
+        )
+    )
+    p = proxy_factory("-c", str(cfg), "--allow-connect-port", "8443")
+    before = len(servers["two_b"].requests)  # type: ignore[attr-defined]
+    status, body = get(p, f"http://{TWO}:{port}/echo")
+    assert (status, body) == (403, f"destination denied by rule 'connect-ports' ({TWO}:{port})")
+    assert len(servers["two_b"].requests) == before  # type: ignore[attr-defined]
+
+
+def test_empty_connect_ports_allows_no_connect(
+    proxy_factory: Callable[..., ProxyProcess], tmp_path: Path, servers: dict[str, object]
+) -> None:
+    """``connectPorts`` lists the ports CONNECT may reach: an empty list is none of them,
+    not "any port"."""
+    cfg = tmp_path / "ports.yaml"
+    cfg.write_text(GATEWAY + "---\n" + vs("ports", ["*"], "destinationPolicy: {connectPorts: []}"))
+    p = proxy_factory("-c", str(cfg))
+    target = f"{TWO}:{_srv(servers, 'echo_ok')}"
+    status, body, _ = tunnel(p, target)
+    assert (status, body) == (403, f"destination denied by rule 'connect-ports' ({target})")
+    assert get(p, f"http://{TWO}:{_srv(servers, 'two')}/echo")[0] == 200
 
 
 # ---------------------------------------------------------------------------- source, RBAC
@@ -468,6 +535,21 @@ def test_embedded_default_with_allow_flags(
     finally:
         origin.stop()
         echo.stop()
+
+
+def test_an_ipv6_allow_does_not_open_ipv4_through_its_mapped_spelling(
+    tmp_path: Path, dns_server: DNSTestServer, embedded: list[ProxyProcess]
+) -> None:
+    """``::ffff:127.0.0.1`` is the IPv4 address 127.0.0.1 (RFC 4291 §2.5.5.2: a dual-stack
+    socket connects there), so allowing every IPv6 destination must not allow it."""
+    p = launch_embedded(tmp_path, dns_server, "--allow-destination", "::/0")
+    embedded.append(p)
+    with sentinels(("127.0.0.1", 0)) as (s,):
+        for host in ("[::ffff:127.0.0.1]", "[::ffff:7f00:1]"):
+            r = curl("-x", p.url, "--max-time", "5", f"http://{host}:{s.port}/")
+            assert r.http_code == 403, (host, r.http_code, r.text)
+            assert r.text == f"destination denied by rule 'deny-loopback' ({host}:{s.port})"
+        assert s.attempts() == 0
 
 
 def test_the_test_fixture_allows_loopback(

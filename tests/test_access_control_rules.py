@@ -473,3 +473,32 @@ def test_destination_filter_shadow_mode_never_refuses() -> None:
     assert counters["http.test.rbac.shadow_denied"] == 1
     assert counters["http.test.rbac.denied"] == 0
     assert counters["http.test.rbac.policy.deny-loopback.denied"] == 1
+
+
+def test_ipv4_mapped_is_only_its_ipv4_address() -> None:
+    """A dual-stack socket connects ``::ffff:a.b.c.d`` to a.b.c.d: IPv6 ranges never match
+    it (``::/0`` allowing it would open every IPv4 destination), IPv4 ranges do, and a range
+    written in the mapped notation is the IPv4 range it denotes."""
+    assert forms("::ffff:127.0.0.1") == ((4, 0x7F000001),)
+    assert not CidrSet(["::/0"]).matches(forms("::ffff:127.0.0.1"))
+    assert CidrSet(["127.0.0.0/8"]).matches(forms("::ffff:7f00:1"))
+    mapped = CidrSet(["::ffff:127.0.0.0/104"])
+    assert mapped.matches(forms("127.0.0.9")) and mapped.matches(forms("::ffff:127.0.0.9"))
+    assert not mapped.matches(forms("128.0.0.1"))
+    assert mapped.texts == ["127.0.0.0/8"]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_empty_connect_ports_is_no_port(secure: bool) -> None:
+    """An explicit ``connectPorts: []`` denies every CONNECT (with secureDefaults too, where
+    leaving it out means [443]); plain requests are not affected."""
+    from dfproxy.config.schema.access import DestinationPolicy
+
+    rules = comp.destination(
+        DestinationPolicy.model_validate({"connectPorts": [], "secureDefaults": secure})
+    )
+    assert rules.decide("pub.test", 443, True, forms("192.0.2.1")).name == "connect-ports"
+    assert rules.decide("pub.test", 443, False, forms("192.0.2.1")).allow
+    default = comp.destination(DestinationPolicy.model_validate({"secureDefaults": secure}))
+    assert default.decide("pub.test", 443, True, forms("192.0.2.1")).allow
+    assert default.decide("pub.test", 22, True, forms("192.0.2.1")).allow is not secure

@@ -239,6 +239,25 @@ def test_forwarding_loop_is_508(proxy: ProxyProcess, proxy_loop: str) -> None:
         assert c.recv_response(method="CONNECT").status == 508
 
 
+def test_forwarding_loop_in_other_spellings_is_508(
+    proxy_factory: Callable[..., ProxyProcess], dns_server: DNSTestServer
+) -> None:
+    """The guard compares addresses, not texts: the IPv4-mapped spelling of the listener's
+    address, the unspecified address (Linux connects 0.0.0.0 to the local host) and a name
+    whose second address is the proxy (Happy Eyeballs falls back to it) are loops too.
+    Missed, each of these requests came back to the proxy about a thousand times, until
+    max_requests overflowed."""
+    p = proxy_factory("--allow-destination", "0.0.0.0")  # the embedded default denies it
+    dns_server.set("loop-second.test", a=["127.0.0.3", "127.0.0.1"])  # nothing on .3
+    for host in ("[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "0.0.0.0", "loop-second.test"):
+        with client(p) as c:
+            resp = c.request("GET", f"http://{host}:{p.port}/x")
+            assert resp.status == 508, (host, resp.status, resp.text)
+            assert "forwarding loop" in resp.text
+    _, stats = p.admin_get("/stats")
+    assert b"http.gateway-proxy.downstream_rq_total: 4\n" in stats  # no request came back
+
+
 @pytest.mark.parametrize("case", ["dns-failure-cached", "forwarding-loop", "empty-host"])
 def test_connection_usable_after_immediate_local_reply(
     proxy: ProxyProcess,

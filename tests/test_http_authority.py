@@ -182,3 +182,29 @@ def test_parse_authority_name_that_looks_numeric_is_not_ip() -> None:
 def test_authority_key_for_name() -> None:
     assert Authority("h", 1, False).key == "h:1"
     assert Authority("::1", 1, True).key == "[::1]:1"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "bl\\ocked.test",
+        "\\098locked.test",
+        "bloc\xadked.test",
+        "bl\xbacked.test:80",
+        "a b.test",
+        "user@host.test",
+        "[bl\\ocked.test]:80",
+        "host.test\x00x",
+    ],
+)
+def test_parse_authority_refuses_characters_rfc3986_does_not_allow(text: str) -> None:
+    """The resolver would read these as another name (c-ares escapes, IDNA mapping)."""
+    with pytest.raises(AuthorityError, match="is not allowed in a host"):
+        parse_authority(text, 80)
+
+
+@pytest.mark.parametrize(
+    "text", ["a-b_c~d.test", "x!$&'()*+,;=.test", "a%41.test", "[fe80::1%25lo]"]
+)
+def test_parse_authority_accepts_rfc3986_host_characters(text: str) -> None:
+    assert parse_authority(text, 80).port == 80

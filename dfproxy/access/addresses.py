@@ -3,7 +3,8 @@
 Pure: no I/O. An IPv6 address can carry an IPv4 destination that the kernel, a NAT64
 gateway or a 6to4 relay will reach; a rule on ``127.0.0.0/8`` must see it, so an address is
 checked in every form it has (``forms``): the IPv6 address itself, and the IPv4 address of
-- IPv4-mapped ``::ffff:a.b.c.d`` (RFC 4291 §2.5.5.2): a dual-stack socket connects to a.b.c.d;
+- IPv4-mapped ``::ffff:a.b.c.d`` (RFC 4291 §2.5.5.2): a dual-stack socket connects to a.b.c.d,
+  so this one is only that IPv4 address (an IPv6 rule such as ``::/0`` must not allow it);
 - IPv4-compatible ``::a.b.c.d`` (RFC 4291 §2.5.5.1, deprecated; ``::`` and ``::1`` excluded);
 - NAT64 well-known prefix ``64:ff9b::/96`` (RFC 6052 §2.1) and the local-use ``64:ff9b:1::/48``
   with the /96 layout (RFC 8215);
@@ -50,6 +51,8 @@ def forms(text: str) -> tuple[Form, ...]:
     n = int(ip)
     if ip.version == V4:
         return ((V4, n),)
+    if n >> 32 == _V4_MAPPED >> 32:
+        return ((V4, n & _LOW32),)  # the IPv4 address itself, written as IPv6
     v4 = embedded_ipv4(n)
     return ((V6, n),) if v4 is None else ((V6, n), (V4, v4))
 
@@ -83,6 +86,11 @@ class CidrSet:
         self.texts: list[str] = []
         for text in cidrs:
             net = ipaddress.ip_network(text.strip(), strict=True)
+            n = int(net.network_address)
+            if net.version == V6 and net.prefixlen >= 96 and n >> 32 == _V4_MAPPED >> 32:
+                # ::ffff:a.b.c.d/n is the IPv4 range a.b.c.d/(n-96), as its addresses are.
+                v4 = ipaddress.IPv4Address(n & _LOW32)
+                net = ipaddress.ip_network(f"{v4}/{net.prefixlen - 96}")
             bits = 32 if net.version == V4 else 128
             mask = ((1 << net.prefixlen) - 1) << (bits - net.prefixlen)
             (self.v4 if net.version == V4 else self.v6).append((int(net.network_address), mask))

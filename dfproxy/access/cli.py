@@ -106,7 +106,8 @@ def apply(
                 if connect_ports:
                     rules = [
                         comp.connect_ports_rule(tuple(sorted({*r.ports.ports, *connect_ports})))
-                        if r.name == comp.CONNECT_PORTS_RULE and r.ports is not None
+                        # Only the built-in rule: a config's rule may carry its name.
+                        if r.builtin and r.name == comp.CONNECT_PORTS_RULE and r.ports is not None
                         else r
                         for r in rules
                     ]

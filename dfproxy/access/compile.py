@@ -50,12 +50,19 @@ def connect_ports_rule(ports: tuple[int, ...]) -> DestinationRule:
     """CONNECT to any port but ``ports`` is denied (tunnels are for TLS, RFC 9110 §9.3.6
     warns that CONNECT to arbitrary ports makes the proxy a relay for any protocol)."""
     return DestinationRule(
-        CONNECT_PORTS_RULE, allow=False, ports=PortSet(ports, invert=True), connect=True
+        CONNECT_PORTS_RULE,
+        allow=False,
+        ports=PortSet(ports, invert=True),
+        connect=True,
+        builtin=True,
     )
 
 
 def secure_rules(connect_ports: tuple[int, ...] = DEFAULT_CONNECT_PORTS) -> list[DestinationRule]:
-    rules = [DestinationRule(name, allow=False, cidrs=CidrSet(c)) for name, c in SECURE_RULES]
+    rules = [
+        DestinationRule(name, allow=False, cidrs=CidrSet(c), builtin=True)
+        for name, c in SECURE_RULES
+    ]
     rules.append(connect_ports_rule(connect_ports))
     return rules
 
@@ -78,10 +85,13 @@ def destination(p: schema.DestinationPolicy) -> DestinationRules:
         )
         for r in p.rules
     ]
+    # connectPorts set (even to []) lists every port CONNECT may reach; left out, it is 443
+    # with secureDefaults and any port without.
+    ports = None if p.connect_ports is None else tuple(p.connect_ports)
     if p.secure_defaults:
-        rules += secure_rules(tuple(p.connect_ports or DEFAULT_CONNECT_PORTS))
-    elif p.connect_ports:
-        rules.append(connect_ports_rule(tuple(p.connect_ports)))
+        rules += secure_rules(DEFAULT_CONNECT_PORTS if ports is None else ports)
+    elif ports is not None:
+        rules.append(connect_ports_rule(ports))
     default = DestinationRule("default", allow=p.default_action == ALLOW)
     return DestinationRules(rules, default, shadow=p.shadow)
 

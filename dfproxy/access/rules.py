@@ -105,6 +105,7 @@ class DestinationRule:
     ports: PortSet | None = None
     cidrs: CidrSet | None = None
     connect: bool | None = None  # True: CONNECT tunnels only; False: plain requests only
+    builtin: bool = False  # made by compile.py (secure defaults), not written in a config
 
     def matches_request(self, name: str, port: int, connect: bool) -> bool:
         """The conditions that do not look at the address."""

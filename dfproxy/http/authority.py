@@ -86,9 +86,23 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
+# RFC 3986 §3.2.2: a reg-name is unreserved / pct-encoded / sub-delims; an IP-literal adds
+# ":" (and "%" for an RFC 6874 zone). Anything else is refused, as Envoy's codec does
+# (nghttp2_check_authority): c-ares reads "\\" as an escape ("bl\\ocked" is "blocked") and
+# pycares IDNA-maps non-ASCII text (U+00AD vanishes, U+00BA is "o"), so such a host would be
+# resolved as another name than the one access rules and the cache key saw.
+_HOST_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:"
+)
+
+
 def parse_authority(authority: str, default_port: int) -> Authority:
-    """Parse ``authority`` into an Authority, filling in ``default_port`` when absent."""
+    """Parse ``authority`` into an Authority, filling in ``default_port`` when absent.
+    Raises AuthorityError, also for a host character RFC 3986 does not allow."""
     host, port = split_host_port(authority)
+    if not _HOST_CHARS.issuperset(host):
+        bad = next(ch for ch in host if ch not in _HOST_CHARS)
+        raise AuthorityError(f"character {ord(bad):#04x} is not allowed in a host")
     return Authority(host.lower(), default_port if port is None else port, is_ip_literal(host))
 
 
