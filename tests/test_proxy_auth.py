@@ -4,6 +4,9 @@ for plain requests and CONNECT (``curl -p``), the credential never reaching the 
 request authenticated on its own (keep-alive), per-route ``disable``, and the per-address
 failure limit (tested from other loopback source addresses, 127.0.0.N, so the limit does not
 touch the other tests' 127.0.0.1).
+
+One proxy on uvloop for the module; the hash check off the loop (run_in_executor) also runs
+in-process on plain asyncio (test below), and the data path runs on both loops elsewhere.
 """
 
 from __future__ import annotations
@@ -29,17 +32,17 @@ from dfproxy.filters import CONTINUE, STOP, proxy_auth
 from dfproxy.filters.proxy_auth import ProxyAuthConfig, ProxyAuthFilter
 from dfproxy.stats import StatsStore
 from dfproxy.stream import DONE, FILTERING
+from tests import shared_proxy
 from tests.helpers import (
     assert_no_traceback,
     check_alive,
-    module_dns_server,
     module_proxy,
     wait_until,
 )
 from tests.support.clients import RawClient, curl
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer
-from tests.support.proxy import EVENT_LOOPS, ProxyProcess
+from tests.support.proxy import ProxyProcess
 
 ALICE_PW = "wonder land"  # bcrypt entry ($2y$, cost 4: fast tests)
 BOB_PW = "b0b"  # {SHA} entry
@@ -110,25 +113,12 @@ def config(htpasswd: Path) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
+dns_server = shared_proxy.dns_server
+shared_origin = shared_proxy.shared_origin
 
 
 @pytest.fixture(scope="module")
-def shared_origin() -> Iterator[OriginServer]:
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
-
-
-@pytest.fixture(scope="module", params=EVENT_LOOPS)
 def auth_proxy(
-    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     dns_server: DNSTestServer,
 ) -> Iterator[ProxyProcess]:
@@ -140,7 +130,7 @@ def auth_proxy(
     )
     path = d / "gw.yaml"
     path.write_text(config(htpasswd))
-    with module_proxy(tmp_path_factory, dns_server, request.param, "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
         yield p
         assert_no_traceback(p)
 

@@ -10,49 +10,33 @@ from __future__ import annotations
 
 import json
 import socket
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dfproxy.config.gloo import ConfigError, load_paths
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests import shared_proxy
+from tests.helpers import check_alive, module_proxy
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import gateway, virtual_service
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
 
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gateway-proxy, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 8080
-  httpGateway:
-    options:
-      dynamicForwardProxy: {}
-      httpLocalRatelimit:
-        defaultLimit: {maxTokens: 3, tokensPerFill: 3, fillInterval: 100s}
-        enableXRatelimitHeaders: true
-        retryAfterHeader: true
-"""
+GATEWAY = gateway(
+    """
+    httpLocalRatelimit:
+      defaultLimit: {maxTokens: 3, tokensPerFill: 3, fillInterval: 100s}
+      enableXRatelimitHeaders: true
+      retryAfterHeader: true
+    """
+)
 
 SLOW = "{maxTokens: %d, tokensPerFill: 1, fillInterval: 100s}"
 
 
-def vs(name: str, domains: list[str], routes: str, options: str = "") -> str:
-    body = textwrap.indent(textwrap.dedent(routes).strip("\n"), "    ")
-    text = (
-        "apiVersion: gateway.solo.io/v1\nkind: VirtualService\n"
-        f"metadata: {{name: {name}, namespace: gloo-system}}\n"
-        f"spec:\n  virtualHost:\n    domains: {json.dumps(domains)}\n    routes:\n{body}\n"
-    )
-    if options:
-        text += "    options:\n" + textwrap.indent(textwrap.dedent(options).strip("\n"), "      ")
-        text += "\n"
-    return text
+vs = virtual_service
 
 
 def local_config() -> str:
@@ -129,20 +113,8 @@ def local_config() -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def shared_origin() -> Iterator[OriginServer]:
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
+dns_server = shared_proxy.dns_server
+shared_origin = shared_proxy.shared_origin
 
 
 @pytest.fixture(scope="module")
