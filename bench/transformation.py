@@ -27,6 +27,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from harness import gloo  # noqa: E402
 from hotpath import RESPONSE, FakeTransport  # noqa: E402
 
 from dfproxy.config.gloo import load_paths  # noqa: E402
@@ -41,27 +42,14 @@ from dfproxy.upstream.connection import UpstreamConnection  # noqa: E402
 
 TEMPLATE = '{{ header("x-mypaas-tenant-id") }}.mypaas.test:18090'
 
-CONFIG = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 0
-  httpGateway: {options: {dynamicForwardProxy: {}}}
----
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: vs, namespace: gloo-system}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - matchers: [{prefix: /}]
-      routeAction:
-        dynamicForwardProxy: {autoHostRewriteHeader: x-mypaas-tenant-backend}
-      OPTIONS
+# The blog's route: the DFP goes where the header the transformation builds says.
+ROUTE = """\
+- matchers: [{prefix: /}]
+  routeAction:
+    dynamicForwardProxy: {autoHostRewriteHeader: x-mypaas-tenant-backend}
+  OPTIONS
 """
+CONFIG = gloo.config(gloo.gateway(name="gw", port=0), gloo.catch_all("vs", routes=ROUTE))
 TRANSFORMATION = """options:
         stagedTransformations:
           regular:
