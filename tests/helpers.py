@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -77,6 +78,19 @@ def check_alive(p: ProxyProcess) -> None:
         pytest.fail(
             f"the shared proxy exited with {p.returncode}\n{p.stderr_tail(80)}", pytrace=False
         )
+
+
+def admin_stats(p: ProxyProcess, regex: str = "") -> dict[str, int]:
+    """The counters and gauges of the admin ``GET /stats`` (text format), filtered by
+    ``regex`` when given, as {name: value}."""
+    status, body = p.admin_get(f"/stats?filter={quote(regex, safe='')}" if regex else "/stats")
+    assert status == 200, body
+    out: dict[str, int] = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.rpartition(": ")
+        if name and value.lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
 
 
 def no_ip_queries(dns: DNSTestServer, since: int = 0) -> bool:

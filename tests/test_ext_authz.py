@@ -19,7 +19,7 @@ import pytest
 
 from dfproxy.config.gloo import ConfigError, load_paths
 from tests import shared_proxy
-from tests.helpers import assert_no_traceback, check_alive, module_proxy
+from tests.helpers import admin_stats, assert_no_traceback, check_alive, module_proxy
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
 from tests.support.gloo_yaml import gateway
@@ -136,15 +136,7 @@ def proxy(authz_proxy: ProxyProcess, auth_server: AuthServer) -> Iterator[ProxyP
     check_alive(authz_proxy)
 
 
-def stats(p: ProxyProcess) -> dict[str, int]:
-    status, body = p.admin_get("/stats")
-    assert status == 200
-    out: dict[str, int] = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(": ")
-        if name and value.lstrip("-").isdigit():
-            out[name] = int(value)
-    return out
+stats = admin_stats
 
 
 def get(port: int, url: str, headers: dict[str, str] | None = None) -> RawResponse:

@@ -34,6 +34,7 @@ from dfproxy.stats import StatsStore
 from dfproxy.stream import DONE, FILTERING
 from tests import shared_proxy
 from tests.helpers import (
+    admin_stats,
     assert_no_traceback,
     check_alive,
     module_proxy,
@@ -41,6 +42,8 @@ from tests.helpers import (
 )
 from tests.support.clients import RawClient, curl
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import config as config_of
+from tests.support.gloo_yaml import gateway, virtual_service
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
 
@@ -64,52 +67,32 @@ def basic(user: str, password: str) -> str:
 
 
 def config(htpasswd: Path) -> str:
-    return textwrap.dedent(
-        f"""\
-        apiVersion: gateway.solo.io/v1
-        kind: Gateway
-        metadata: {{name: gateway-proxy, namespace: gloo-system}}
-        spec:
-          bindAddress: 127.0.0.1
-          bindPort: 8080
-          httpGateway:
-            options:
-              dynamicForwardProxy: {{}}
-              httpConnectionManagerSettings:
-                upgrades: [{{connect: {{enabled: true}}}}]
-              proxyAuth:
-                realm: dfproxy test
-                htpasswdFile: {htpasswd}
-                users: [{{name: carol, passwordHash: '{bcrypt_entry(CAROL_PW, b"$2b$")}'}}]
-                failureLimit: {{maxFailures: 3, window: 60s}}
-        ---
-        apiVersion: gateway.solo.io/v1
-        kind: VirtualService
-        metadata: {{name: open, namespace: gloo-system}}
-        spec:
-          virtualHost:
-            domains: ["open.test", "open.test:*"]
-            options: {{proxyAuth: {{disable: true}}}}
-            routes:
-            - matchers: [{{prefix: /}}]
-              routeAction: {{dynamicForwardProxy: {{}}}}
-        ---
-        apiVersion: gateway.solo.io/v1
-        kind: VirtualService
-        metadata: {{name: all, namespace: gloo-system}}
-        spec:
-          virtualHost:
-            domains: ["*"]
-            routes:
-            - matchers: [{{connectMatcher: {{}}}}]
-              routeAction: {{dynamicForwardProxy: {{}}}}
-              options: {{upgrades: [{{connectTerminate: {{enabled: true}}}}]}}
-            - matchers: [{{prefix: /public}}]
-              directResponseAction: {{status: 200, body: public}}
-              options: {{proxyAuth: {{disable: true}}}}
-            - matchers: [{{prefix: /}}]
-              routeAction: {{dynamicForwardProxy: {{}}}}
-        """
+    listener = f"""
+    proxyAuth:
+      realm: dfproxy test
+      htpasswdFile: {htpasswd}
+      users: [{{name: carol, passwordHash: '{bcrypt_entry(CAROL_PW, b"$2b$")}'}}]
+      failureLimit: {{maxFailures: 3, window: 60s}}
+    """
+    routes = """
+    - matchers: [{connectMatcher: {}}]
+      routeAction: {dynamicForwardProxy: {}}
+      options: {upgrades: [{connectTerminate: {enabled: true}}]}
+    - matchers: [{prefix: /public}]
+      directResponseAction: {status: 200, body: public}
+      options: {proxyAuth: {disable: true}}
+    - matchers: [{prefix: /}]
+      routeAction: {dynamicForwardProxy: {}}
+    """
+    return config_of(
+        gateway(listener, connect=True),
+        virtual_service(
+            "open",
+            ["open.test", "open.test:*"],
+            "- matchers: [{prefix: /}]\n  routeAction: {dynamicForwardProxy: {}}",
+            "proxyAuth: {disable: true}",
+        ),
+        virtual_service("all", ["*"], routes),
     )
 
 
@@ -141,15 +124,7 @@ def proxy(auth_proxy: ProxyProcess) -> Iterator[ProxyProcess]:
     check_alive(auth_proxy)
 
 
-def stats(p: ProxyProcess) -> dict[str, int]:
-    status, body = p.admin_get("/stats")
-    assert status == 200
-    out: dict[str, int] = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(": ")
-        if name and value.lstrip("-").isdigit():
-            out[name] = int(value)
-    return out
+stats = admin_stats
 
 
 def test_bcrypt_sha_and_static_users_are_accepted(
@@ -278,18 +253,8 @@ def test_failures_from_one_address_are_rate_limited(
 def load_errors(tmp_path: Path, options: str, htpasswd: str | None = None) -> list[str]:
     if htpasswd is not None:
         (tmp_path / "htpasswd").write_text(htpasswd)
-    gw = textwrap.dedent(
-        """\
-        apiVersion: gateway.solo.io/v1
-        kind: Gateway
-        metadata: {name: gw, namespace: gloo-system}
-        spec:
-          httpGateway:
-            options:
-              dynamicForwardProxy: {}
-              proxyAuth:
-        """
-    ) + textwrap.indent(textwrap.dedent(options), " " * 8)
+    proxy_auth = "proxyAuth:\n" + textwrap.indent(textwrap.dedent(options), "  ")
+    gw = gateway(proxy_auth, name="gw")
     path = tmp_path / "gw.yaml"
     path.write_text(gw)
     with pytest.raises(ConfigError) as info:

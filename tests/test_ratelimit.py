@@ -8,7 +8,6 @@ not share buckets (every bucket refills every 100 s: nothing refills during the 
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from dfproxy.config.gloo import ConfigError, load_paths
 from tests import shared_proxy
-from tests.helpers import check_alive, module_proxy
+from tests.helpers import admin_stats, check_alive, module_proxy
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
 from tests.support.gloo_yaml import gateway, virtual_service
@@ -138,10 +137,7 @@ def get(p: ProxyProcess, url: str, headers: dict[str, str] | None = None) -> Raw
         return c.request("GET", url, headers)
 
 
-def stats(p: ProxyProcess, pattern: str) -> dict[str, int]:
-    status, body = p.admin_get(f"/stats?format=json&filter={pattern}")
-    assert status == 200
-    return {s["name"]: s["value"] for s in json.loads(body)["stats"] if "name" in s}
+stats = admin_stats
 
 
 def assert_limited(r: RawResponse, limit: int) -> None:

@@ -13,9 +13,8 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from tests.helpers import assert_no_traceback, parse_log_line, wait_for_log_line
+from tests.helpers import admin_stats, assert_no_traceback, parse_log_line, wait_for_log_line
 from tests.helpers import wait_until as wait_until  # re-exported for the upstream tests
 from tests.support.clients import RawClient, RawResponse
 from tests.support.origin import OriginServer
@@ -92,13 +91,7 @@ def start_proxy(
 # ---------------------------------------------------------------------------- stats
 def stats(p: ProxyProcess, regex: str) -> dict[str, int]:
     """``/stats?filter=regex`` (text format) as {name: value}."""
-    status, body = p.admin_get(f"/stats?filter={quote(regex, safe='')}")
-    assert status == 200, body
-    out: dict[str, int] = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(": ")
-        out[name] = int(value)
-    return out
+    return admin_stats(p, regex)
 
 
 def cluster_stats(p: ProxyProcess, suffix_regex: str = ".*") -> dict[str, int]:
