@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import pytest
@@ -70,6 +70,23 @@ def module_proxy(
             f"above\n{p.stderr_tail(40)}",
             pytrace=False,
         )
+
+
+ServerT = TypeVar("ServerT")
+
+
+@contextlib.contextmanager
+def serving(server: ServerT) -> Iterator[ServerT]:
+    """``server`` (an OriginServer, AuthServer, JwksServer...: ``start()`` / ``stop()``)
+    started for the block and stopped after it; its handlers must not have failed
+    (``server.errors``, where it keeps one)."""
+    server.start()  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.stop()  # type: ignore[attr-defined]
+    errors = getattr(server, "errors", None)
+    assert not errors, errors
 
 
 def check_alive(p: ProxyProcess) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests.helpers import check_alive, module_dns_server, module_proxy, serving
 from tests.support.clients import RawClient
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer, TcpEchoServer
@@ -30,23 +30,15 @@ def dns_server() -> Iterator[DNSTestServer]:
 @pytest.fixture(scope="module")
 def shared_origin() -> Iterator[OriginServer]:
     """One OriginServer for the module; its handlers must not have failed."""
-    server = OriginServer().start()
-    try:
+    with serving(OriginServer()) as server:
         yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
 
 
 @pytest.fixture(scope="module")
 def shared_echo() -> Iterator[TcpEchoServer]:
     """One TcpEchoServer for the module; its handlers must not have failed."""
-    server = TcpEchoServer().start()
-    try:
+    with serving(TcpEchoServer()) as server:
         yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
 
 
 @pytest.fixture(scope="module", params=EVENT_LOOPS)

@@ -19,7 +19,7 @@ import pytest
 
 from dfproxy.config.gloo import ConfigError, load_paths
 from tests import shared_proxy
-from tests.helpers import admin_stats, assert_no_traceback, check_alive, module_proxy
+from tests.helpers import admin_stats, assert_no_traceback, check_alive, module_proxy, serving
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
 from tests.support.gloo_yaml import gateway
@@ -87,13 +87,8 @@ shared_echo = shared_proxy.shared_echo
 
 @pytest.fixture(scope="module")
 def auth_server() -> Iterator[AuthServer]:
-    server = AuthServer()
-    server.start()
-    try:
+    with serving(AuthServer()) as server:
         yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from dfproxy.config.gloo import ConfigError, load_paths
 from dfproxy.jwt_authn import status as st
 from tests import jwt_support as s
 from tests import shared_proxy
-from tests.helpers import check_alive, module_proxy
+from tests.helpers import check_alive, module_proxy, serving
 from tests.jwt_support import JwksServer
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
@@ -228,11 +228,8 @@ shared_origin = shared_proxy.shared_origin
 
 @pytest.fixture(scope="module")
 def jwks_server() -> Iterator[JwksServer]:
-    server = JwksServer().start()
-    try:
+    with serving(JwksServer()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

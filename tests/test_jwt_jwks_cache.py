@@ -18,17 +18,15 @@ from dfproxy.stats import StatsStore
 from dfproxy.upstream.circuit_breaker import Thresholds
 from dfproxy.upstream.pool import UpstreamPool
 from tests import jwt_support as s
+from tests.helpers import serving
 from tests.jwt_support import JwksServer
 from tests.support.dns_server import DNSTestServer
 
 
 @pytest.fixture
 def jwks_server() -> Iterator[JwksServer]:
-    server = JwksServer().start()
-    try:
+    with serving(JwksServer()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def run(dns: DNSTestServer, body: Callable[[DfpCluster, StatsStore], Awaitable[Any]]) -> Any:
