@@ -45,10 +45,16 @@ def module_proxy(
     *extra_args: str,
     log_level: str = "debug",
     drain_timeout: float = 2.0,
+    config: str | None = None,
 ) -> Iterator[ProxyProcess]:
-    """A proxy for a whole module. At teardown it must exit 0 without hitting the drain
-    deadline: every test closed its clients, so a connection still open then was leaked."""
+    """A proxy for a whole module (run with ``-c`` on ``config``, a Gloo YAML text, when
+    given). At teardown it must exit 0 without hitting the drain deadline: every test closed
+    its clients, so a connection still open then was leaked."""
     workdir = tmp_path_factory.mktemp(f"proxy-{loop}")
+    if config is not None:
+        path = workdir / "config.yaml"
+        path.write_text(config)
+        extra_args = ("-c", str(path), *extra_args)
     p = ProxyProcess.launch(
         workdir,
         "--drain-timeout",

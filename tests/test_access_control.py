@@ -162,9 +162,7 @@ def proxy(
         dns_server.set(name, a=["127.0.0.2"] if name != "both.test" else ["127.0.0.1", TWO])
     dns_server.set("rbac.test", a=[TWO])
     dns_server.set("one.test", a=["127.0.0.1"])
-    config = tmp_path_factory.mktemp("access") / "access.yaml"
-    config.write_text(access_config(servers))
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(config)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", config=access_config(servers)) as p:
         yield p
 
 

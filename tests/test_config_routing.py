@@ -217,9 +217,12 @@ def routing_proxy(
     shared_origin: OriginServer,
     shared_echo: TcpEchoServer,
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("routing") / "routing.yaml"
-    path.write_text(routing_config(shared_origin.port, shared_echo.port))
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(
+        tmp_path_factory,
+        dns_server,
+        "uvloop",
+        config=routing_config(shared_origin.port, shared_echo.port),
+    ) as p:
         yield p
 
 

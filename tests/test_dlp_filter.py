@@ -109,9 +109,7 @@ shared_origin = shared_proxy.shared_origin
 def dlp_proxy(
     tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer, shared_origin: OriginServer
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("dlp") / "dlp.yaml"
-    path.write_text(CONFIG)
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", config=CONFIG) as p:
         yield p
 
 

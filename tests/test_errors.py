@@ -403,10 +403,8 @@ def timeout_proxy(
     tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer, proxy_loop: str
 ) -> Iterator[ProxyProcess]:
     """One proxy per loop with a 1 s route timeout, for the two tests below."""
-    config = tmp_path_factory.mktemp("timeout") / "timeout.yaml"
-    config.write_text(TIMEOUT_CONFIG)
     with module_proxy(
-        tmp_path_factory, dns_server, proxy_loop, "-c", str(config), log_level="info"
+        tmp_path_factory, dns_server, proxy_loop, log_level="info", config=TIMEOUT_CONFIG
     ) as p:
         yield p
 

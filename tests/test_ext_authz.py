@@ -117,9 +117,7 @@ def authz_proxy(
             VIRTUAL_SERVICE,
         ]
     )
-    path = tmp_path_factory.mktemp("extauth") / "gw.yaml"
-    path.write_text(text)
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", config=text) as p:
         yield p
         assert_no_traceback(p)
 

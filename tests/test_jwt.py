@@ -239,10 +239,13 @@ def jwt_proxy(
     shared_origin: OriginServer,
     jwks_server: JwksServer,
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("jwt") / "jwt.yaml"
-    path.write_text(jwt_config(jwks_server.port))
     with module_proxy(
-        tmp_path_factory, dns_server, "uvloop", "-c", str(path), "--access-log-format", "json"
+        tmp_path_factory,
+        dns_server,
+        "uvloop",
+        "--access-log-format",
+        "json",
+        config=jwt_config(jwks_server.port),
     ) as p:
         yield p
 

@@ -120,9 +120,7 @@ shared_origin = shared_proxy.shared_origin
 def local_proxy(
     tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("ratelimit") / "local.yaml"
-    path.write_text(local_config())
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", config=local_config()) as p:
         yield p
 
 

@@ -291,9 +291,9 @@ shared_origin = shared_proxy.shared_origin
 def tproxy(
     tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer, shared_origin: OriginServer
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("transformation") / "transformation.yaml"
-    path.write_text(config(shared_origin.port))
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(
+        tmp_path_factory, dns_server, "uvloop", config=config(shared_origin.port)
+    ) as p:
         yield p
 
 
