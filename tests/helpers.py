@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import pytest
@@ -78,7 +78,13 @@ def module_proxy(
         )
 
 
-ServerT = TypeVar("ServerT")
+class _Server(Protocol):
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
 
 
 @contextlib.contextmanager
@@ -86,11 +92,11 @@ def serving(server: ServerT) -> Iterator[ServerT]:
     """``server`` (an OriginServer, AuthServer, JwksServer...: ``start()`` / ``stop()``)
     started for the block and stopped after it; its handlers must not have failed
     (``server.errors``, where it keeps one)."""
-    server.start()  # type: ignore[attr-defined]
+    server.start()
     try:
         yield server
     finally:
-        server.stop()  # type: ignore[attr-defined]
+        server.stop()
     errors = getattr(server, "errors", None)
     assert not errors, errors
 

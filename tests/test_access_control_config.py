@@ -24,7 +24,7 @@ from tests.support.proxy import REPO_ROOT
 
 
 def config(tmp_path: Path, vhost_options: str, route_options: str = "", listener: str = "") -> Path:
-    route = "- matchers: [{prefix: /}]\n  routeAction: {dynamicForwardProxy: {}}\n"
+    route = gloo_yaml.DFP_ROUTE
     if route_options:
         route += "  options:\n"
         route += textwrap.indent(textwrap.dedent(route_options).strip("\n"), "    ") + "\n"

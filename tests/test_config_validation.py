@@ -27,17 +27,7 @@ SEEDS = Path(__file__).parent / "fixtures" / "seeds"
 
 GATEWAY = gloo_yaml.gateway(connect=True, name="gw")
 
-VIRTUAL_SERVICE = """\
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: vs, namespace: gloo-system}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - matchers: [{prefix: /}]
-      routeAction: {dynamicForwardProxy: {}}
-"""
+VIRTUAL_SERVICE = gloo_yaml.virtual_service("vs", ["*"], gloo_yaml.DFP_ROUTE)
 
 
 def docs(*parts: str) -> str:

@@ -42,8 +42,8 @@ from tests.helpers import (
 )
 from tests.support.clients import RawClient, curl
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import DFP_ROUTE, gateway, virtual_service
 from tests.support.gloo_yaml import config as config_of
-from tests.support.gloo_yaml import gateway, virtual_service
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
 
@@ -89,7 +89,7 @@ def config(htpasswd: Path) -> str:
         virtual_service(
             "open",
             ["open.test", "open.test:*"],
-            "- matchers: [{prefix: /}]\n  routeAction: {dynamicForwardProxy: {}}",
+            DFP_ROUTE,
             "proxyAuth: {disable: true}",
         ),
         virtual_service("all", ["*"], routes),

@@ -20,7 +20,7 @@ TT = "requestTransforms[0].requestTransformation.transformationTemplate"
 
 
 def config(route_options: str = "", vhost_options: str = "", routes: int = 1) -> str:
-    route = "- matchers: [{prefix: /}]\n  routeAction: {dynamicForwardProxy: {}}\n"
+    route = gloo_yaml.DFP_ROUTE
     if route_options:
         route += "  options:\n" + textwrap.indent(textwrap.dedent(route_options).strip(), "    ")
         route += "\n"

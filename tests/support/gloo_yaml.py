@@ -13,16 +13,22 @@ from __future__ import annotations
 import json
 import textwrap
 
-__all__ = ["DFP_ROUTES", "config", "gateway", "virtual_service"]
+__all__ = ["DFP_ROUTE", "DFP_ROUTES", "config", "gateway", "virtual_service"]
 
-# Every request through the DFP; CONNECT terminated (tunnelled) by the proxy.
-DFP_ROUTES = """\
-- matchers: [{connectMatcher: {}}]
-  routeAction: {dynamicForwardProxy: {}}
-  options: {upgrades: [{connectTerminate: {enabled: true}}]}
+# Every request through the DFP.
+DFP_ROUTE = """\
 - matchers: [{prefix: /}]
   routeAction: {dynamicForwardProxy: {}}
 """
+# The same, with CONNECT terminated (tunnelled) by the proxy.
+DFP_ROUTES = (
+    """\
+- matchers: [{connectMatcher: {}}]
+  routeAction: {dynamicForwardProxy: {}}
+  options: {upgrades: [{connectTerminate: {enabled: true}}]}
+"""
+    + DFP_ROUTE
+)
 
 
 def _block(yaml_text: str, indent: int) -> str:
