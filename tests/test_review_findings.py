@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import gloo_yaml
 from tests.support.clients import IncompleteResponseError, RawClient
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
@@ -308,31 +309,11 @@ def test_body_buffer_pause_survives_a_local_reply(
 
 
 def _timeout_config(*gateways: tuple[str, int]) -> str:
-    gws = [
-        f"""apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {{name: {name}, namespace: gloo-system}}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: {port}
-  httpGateway:
-    options:
-      dynamicForwardProxy: {{}}
-"""
-        for name, port in gateways
-    ]
-    vs = """apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: vs, namespace: gloo-system}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - matchers: [{prefix: /}]
-      routeAction: {dynamicForwardProxy: {}}
-      options: {timeout: 2s}
-"""
-    return "---\n".join([*gws, vs])
+    routes = gloo_yaml.DFP_ROUTE + "  options: {timeout: 2s}\n"
+    return gloo_yaml.config(
+        *(gloo_yaml.gateway(name=name, port=port) for name, port in gateways),
+        gloo_yaml.virtual_service("vs", ["*"], routes),
+    )
 
 
 def test_retired_listener_stops_enforcing_timeouts(
