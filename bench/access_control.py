@@ -44,11 +44,9 @@ from dfproxy.access.rules import (  # noqa: E402
 )
 from dfproxy.config.model import ProxyConfig, default_config  # noqa: E402
 from dfproxy.dns.cache import DnsHostInfo  # noqa: E402
-from dfproxy.downstream import HttpConnection  # noqa: E402
-from dfproxy.http.authority import Authority, parse_authority  # noqa: E402
+from dfproxy.http.authority import Authority  # noqa: E402
 from dfproxy.runtime import Runtime  # noqa: E402
 from dfproxy.stats import StatsStore  # noqa: E402
-from dfproxy.upstream.connection import UpstreamConnection  # noqa: E402
 
 
 def _source_and_rbac() -> tuple[SourceRules, RbacPolicies]:
@@ -82,20 +80,7 @@ def pipeline(
 ) -> tuple[Callable[[], None], Any]:
     """One request through the real objects (hotpath.py's set-up): ``one()`` and a check."""
     runtime = Runtime(config, loop, StatsStore(), None)
-    _, listener = runtime.listeners[0]
-    cluster = next(iter(runtime.clusters.values()))
-    host = cluster.ip_host(parse_authority("127.0.0.1:18090", 80))
-    up = UpstreamConnection(cluster.pool, host)
-    up_t = hotpath.FakeTransport(("127.0.0.1", 18090))
-    up.connection_made(up_t)  # type: ignore[arg-type]
-    pending: list[bytes] = []
-    up_t.on_write = lambda data: pending.append(hotpath.RESPONSE)
-    up.request_done = True
-    up.mark_idle()
-    cluster.pool.idle[up.key] = [up]
-    down = HttpConnection(listener)
-    down_t = hotpath.FakeTransport(("127.0.0.1", 50000))
-    down.connection_made(down_t)  # type: ignore[arg-type]
+    down, down_t, up, _, pending = hotpath.wire(runtime)
     statuses: set[bytes] = set()
     down_t.on_write = lambda data: statuses.add(data[9:12]) if data[:5] == b"HTTP/" else None
 

@@ -23,14 +23,16 @@ import socket
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import gloo  # noqa: E402
 
 from dfproxy.auth.htpasswd import parse_hash, verify  # noqa: E402
 from dfproxy.filters.proxy_auth import ProxyAuthConfig, ProxyAuthFilter, _Executor, _Shared  # noqa: E402
@@ -108,56 +110,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway(name: str, port: int, options: str) -> str:
-    vs = "authz" if "extauth" in options else "open"
-    return textwrap.dedent(
-        f"""\
-        apiVersion: gateway.solo.io/v1
-        kind: Gateway
-        metadata: {{name: {name}, namespace: gloo-system}}
-        spec:
-          bindAddress: 127.0.0.1
-          bindPort: {port}
-          httpGateway:
-            virtualServices: [{{name: {vs}, namespace: gloo-system}}]
-            options:
-              dynamicForwardProxy: {{}}
-        """
-    ) + textwrap.indent(textwrap.dedent(options), " " * 6)
-
-
-def virtual_service(name: str, options: str) -> str:
-    return textwrap.dedent(
-        f"""\
-        apiVersion: gateway.solo.io/v1
-        kind: VirtualService
-        metadata: {{name: {name}, namespace: gloo-system}}
-        spec:
-          virtualHost:
-            domains: ["*"]
-            {options}
-            routes:
-            - matchers: [{{prefix: /}}]
-              routeAction: {{dynamicForwardProxy: {{}}}}
-        """
-    )
-
-
 def config(htpasswd: Path, auth_port: int) -> str:
-    ext = f"serverUri: 'http://127.0.0.1:{auth_port}'\n    httpService: {{pathPrefix: /status/200}}"
-    return "---\n".join(
-        [
-            gateway("plain", 8080, ""),
-            gateway("proxyauth", free_port(), f"proxyAuth: {{htpasswdFile: {htpasswd}}}\n"),
-            gateway("extauth", free_port(), f"extauth:\n    {ext}\n"),
-            gateway(
-                "extauth-cached",
-                free_port(),
-                f"extauth:\n    {ext}\n    decisionCache: {{ttl: 3600s}}\n",
-            ),
-            virtual_service("open", ""),
-            virtual_service("authz", "options: {extauth: {customAuth: {}}}"),
-        ]
+    ext = f"serverUri: 'http://127.0.0.1:{auth_port}'\n  httpService: {{pathPrefix: /status/200}}"
+
+    def gateway(name: str, port: int, options: str) -> str:
+        served = ("authz",) if "extauth" in options else ("open",)
+        return gloo.gateway(options, name=name, port=port, virtual_services=served)
+
+    return gloo.config(
+        gateway("plain", 8080, ""),
+        gateway("proxyauth", free_port(), f"proxyAuth: {{htpasswdFile: {htpasswd}}}\n"),
+        gateway("extauth", free_port(), f"extauth:\n  {ext}\n"),
+        gateway(
+            "extauth-cached", free_port(), f"extauth:\n  {ext}\n  decisionCache: {{ttl: 3600s}}\n"
+        ),
+        gloo.catch_all("open"),
+        gloo.catch_all("authz", "extauth: {customAuth: {}}"),
     )
 
 

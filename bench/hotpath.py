@@ -16,7 +16,7 @@ import asyncio
 import cProfile
 import pstats
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import uvloop
 
@@ -83,6 +83,38 @@ class FakeTransport:
         return True
 
 
+class Wire(NamedTuple):
+    """A downstream connection of the runtime's first listener and one idle pooled upstream
+    connection to 127.0.0.1:18090, both on FakeTransports. Every request written upstream
+    queues RESPONSE in ``pending``: ``down.data_received(REQUEST)`` then
+    ``up.data_received(pending.pop())`` is one request through the proxy."""
+
+    down: HttpConnection
+    down_transport: FakeTransport
+    up: UpstreamConnection
+    up_transport: FakeTransport
+    pending: list[bytes]
+
+
+def wire(runtime: Runtime) -> Wire:
+    _, listener = runtime.listeners[0]
+    cluster = next(iter(runtime.clusters.values()))
+    host = cluster.ip_host(parse_authority("127.0.0.1:18090", 80))
+    up = UpstreamConnection(cluster.pool, host)
+    up_t = FakeTransport(("127.0.0.1", 18090))
+    up.connection_made(up_t)  # type: ignore[arg-type]
+    # The origin "answers" each request written to it; the caller delivers the answer.
+    pending: list[bytes] = []
+    up_t.on_write = lambda data: pending.append(RESPONSE)
+    up.request_done = True
+    up.mark_idle()
+    cluster.pool.idle[up.key] = [up]  # filed as the pool files it: (peer ip, port, TLS name)
+    down = HttpConnection(listener)
+    down_t = FakeTransport(("127.0.0.1", 50000))
+    down.connection_made(down_t)  # type: ignore[arg-type]
+    return Wire(down, down_t, up, up_t, pending)
+
+
 async def run(n: int, profile: bool, hosts: int, recent: bool = False) -> None:
     loop = asyncio.get_running_loop()
     config = default_config()
@@ -92,21 +124,9 @@ async def run(n: int, profile: bool, hosts: int, recent: bool = False) -> None:
     runtime = Runtime(config, loop, StatsStore(), None)
     _, listener = runtime.listeners[0]
     cluster = next(iter(runtime.clusters.values()))
-    host = cluster.ip_host(parse_authority("127.0.0.1:18090", 80))
-    up = UpstreamConnection(cluster.pool, host)
-    up_t = FakeTransport(("127.0.0.1", 18090))
-    up.connection_made(up_t)  # type: ignore[arg-type]
-    # The origin "answers" each request written to it; the loop below delivers the answer.
-    pending: list[bytes] = []
-    up_t.on_write = lambda data: pending.append(RESPONSE)
-    up.request_done = True
-    up.mark_idle()
-    cluster.pool.idle[up.key] = [up]  # filed as the pool files it: (peer ip, port, TLS name)
     if recent:  # what a watched dashboard costs: an access-log entry per request, in a ring
         listener.access_log = RecentRequests()  # type: ignore[assignment]
-    down = HttpConnection(listener)
-    down_t = FakeTransport(("127.0.0.1", 50000))
-    down.connection_made(down_t)  # type: ignore[arg-type]
+    down, down_t, up, up_t, pending = wire(runtime)
 
     requests = [REQUEST]
     if hosts:

@@ -30,6 +30,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import gloo  # noqa: E402
 from hotpath import REQUEST, RESPONSE, FakeTransport  # noqa: E402
 
 from dfproxy.config.gloo import load_paths  # noqa: E402
@@ -39,41 +40,20 @@ from dfproxy.runtime import Runtime  # noqa: E402
 from dfproxy.stats import StatsStore  # noqa: E402
 from dfproxy.upstream.connection import UpstreamConnection  # noqa: E402
 
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gateway-proxy, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 8080
-  httpGateway:
-    options:
-      dynamicForwardProxy: {}
-%(listener)s
----
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: all, namespace: gloo-system}
-spec:
-  virtualHost:
-    domains: ['*']
-%(vhost)s
-    routes:
-    - routeAction: {dynamicForwardProxy: {}}
-"""
 HUGE = "{maxTokens: 4000000000, tokensPerFill: 4000000000, fillInterval: 1s}"
+# name -> (listener options, virtual-host options)
 VARIANTS = {
     "plain DFP": ("", ""),
-    "local bucket": ("", f"    options: {{ratelimit: {{localRatelimit: {HUGE}}}}}"),
+    "local bucket": ("", f"ratelimit: {{localRatelimit: {HUGE}}}"),
     "local per descriptor": (
         "",
-        "    options:\n      ratelimit:\n        localRatelimitDescriptors:\n"
-        "        - actions: [{remoteAddress: {}}, {requestHeaders: {headerName: host, "
-        f"descriptorKey: host}}}}]\n          tokenBucket: {HUGE}",
+        "ratelimit:\n  localRatelimitDescriptors:\n"
+        "  - actions: [{remoteAddress: {}}, {requestHeaders: {headerName: host, "
+        f"descriptorKey: host}}}}]\n    tokenBucket: {HUGE}",
     ),
     "redis fixed window": (
-        "      rateLimitServer: {redis: {address: '%(redis)s'}, requestTimeout: 1s}",
-        "    options: {rateLimitConfigs: {refs: [{name: huge}]}}",
+        "rateLimitServer: {redis: {address: '%(redis)s'}, requestTimeout: 1s}",
+        "rateLimitConfigs: {refs: [{name: huge}]}",
     ),
 }
 RATE_LIMIT_CONFIG = """\
@@ -198,7 +178,9 @@ async def run(n: int, concurrency: int) -> None:
                 if "redis" in name and redis_proc is None:
                     print(f"{name}: skipped (no redis-server)")
                     continue
-                text = GATEWAY % {"listener": listener % {"redis": address}, "vhost": vhost}
+                text = gloo.config(
+                    gloo.gateway(listener % {"redis": address}), gloo.catch_all("all", vhost)
+                )
                 if "redis" in name:
                     text += RATE_LIMIT_CONFIG
                 for c in (1, concurrency):

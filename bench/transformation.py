@@ -27,41 +27,26 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hotpath import RESPONSE, FakeTransport  # noqa: E402
+from harness import gloo  # noqa: E402
+from hotpath import wire  # noqa: E402
 
 from dfproxy.config.gloo import load_paths  # noqa: E402
-from dfproxy.downstream import HttpConnection  # noqa: E402
-from dfproxy.http.authority import parse_authority  # noqa: E402
 from dfproxy.http.headers import classify_request  # noqa: E402
 from dfproxy.runtime import Runtime  # noqa: E402
 from dfproxy.stats import StatsStore  # noqa: E402
 from dfproxy.stream import Stream  # noqa: E402
 from dfproxy.transformation.template import Compiler, Scope  # noqa: E402
-from dfproxy.upstream.connection import UpstreamConnection  # noqa: E402
 
 TEMPLATE = '{{ header("x-mypaas-tenant-id") }}.mypaas.test:18090'
 
-CONFIG = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 0
-  httpGateway: {options: {dynamicForwardProxy: {}}}
----
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: vs, namespace: gloo-system}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - matchers: [{prefix: /}]
-      routeAction:
-        dynamicForwardProxy: {autoHostRewriteHeader: x-mypaas-tenant-backend}
-      OPTIONS
+# The blog's route: the DFP goes where the header the transformation builds says.
+ROUTE = """\
+- matchers: [{prefix: /}]
+  routeAction:
+    dynamicForwardProxy: {autoHostRewriteHeader: x-mypaas-tenant-backend}
+  OPTIONS
 """
+CONFIG = gloo.config(gloo.gateway(name="gw", port=0), gloo.catch_all("vs", routes=ROUTE))
 TRANSFORMATION = """options:
         stagedTransformations:
           regular:
@@ -116,22 +101,10 @@ def runtime_for(with_transformation: bool, loop: asyncio.AbstractEventLoop) -> R
 
 
 def harness(runtime: Runtime) -> tuple[Any, Any, list[bytes]]:
-    _, listener = runtime.listeners[0]
     cluster = next(iter(runtime.clusters.values()))
     name = "tenant-1.mypaas.test"
     cluster.dns_cache.load_from_store(f"{name}:18090", name, 18090, [("127.0.0.1", 2)], 300)
-    host = cluster.ip_host(parse_authority("127.0.0.1:18090", 80))
-    up = UpstreamConnection(cluster.pool, host)
-    up_t = FakeTransport(("127.0.0.1", 18090))
-    up.connection_made(up_t)  # type: ignore[arg-type]
-    pending: list[bytes] = []
-    up_t.on_write = lambda data: pending.append(RESPONSE)
-    up.request_done = True
-    up.mark_idle()
-    cluster.pool.idle[up.key] = [up]
-    down = HttpConnection(listener)
-    down_t = FakeTransport(("127.0.0.1", 50000))
-    down.connection_made(down_t)  # type: ignore[arg-type]
+    down, _, up, _, pending = wire(runtime)
     return down, up, pending
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from dfproxy import __version__
 from dfproxy.access import cli as access_cli
+from dfproxy.access_log import FLUSH_INTERVAL
 from dfproxy.config.model import ProxyConfig, default_config
 from dfproxy.dns.resolver import ResolverOptions
 
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--access-log", metavar="PATH|-", help="write an access log ('-' = stdout)")
     run.add_argument("--access-log-format", choices=["envoy", "json"], default="envoy")
+    # Hidden: the test suite flushes often so that it need not wait a second per log check.
+    run.add_argument(
+        "--access-log-flush-interval", type=float, default=FLUSH_INTERVAL, help=argparse.SUPPRESS
+    )
     run.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     run.add_argument(
         "--ports-file",
@@ -171,6 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         admin=admin,
         access_log=args.access_log,
         access_log_format=args.access_log_format,
+        access_log_flush_interval=args.access_log_flush_interval,
         ports_file=args.ports_file,
         drain_timeout=args.drain_timeout,
         reuse_port=args.worker_index is not None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dfproxy import tasks
-from dfproxy.access_log import AccessLog
+from dfproxy.access_log import FLUSH_INTERVAL, AccessLog
 from dfproxy.admin import AdminServer
 from dfproxy.config.model import ProxyConfig
 from dfproxy.listener import Listener
@@ -31,6 +31,7 @@ class Settings:
     admin: tuple[str, int] | None = ("127.0.0.1", 19000)
     access_log: str | None = None
     access_log_format: str = "envoy"
+    access_log_flush_interval: float = FLUSH_INTERVAL
     ports_file: str | None = None
     drain_timeout: float = 15.0
     reuse_port: bool = False
@@ -75,7 +76,11 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if self.settings.access_log:
-            self.access_log = AccessLog(self.settings.access_log, self.settings.access_log_format)
+            self.access_log = AccessLog(
+                self.settings.access_log,
+                self.settings.access_log_format,
+                self.settings.access_log_flush_interval,
+            )
         self.runtime = Runtime(
             self.config, loop, self.stats, self.access_log, self.settings.worker_index
         )

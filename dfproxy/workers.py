@@ -112,6 +112,7 @@ class Supervisor:
             argv += ["--allow-connect-port", str(port)]
         if a.access_log:
             argv += ["--access-log", a.access_log, "--access-log-format", a.access_log_format]
+            argv += ["--access-log-flush-interval", str(a.access_log_flush_interval)]
         return argv
 
     async def _start(self, worker: Worker) -> None:

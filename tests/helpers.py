@@ -14,7 +14,8 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import pytest
 
@@ -44,10 +45,16 @@ def module_proxy(
     *extra_args: str,
     log_level: str = "debug",
     drain_timeout: float = 2.0,
+    config: str | None = None,
 ) -> Iterator[ProxyProcess]:
-    """A proxy for a whole module. At teardown it must exit 0 without hitting the drain
-    deadline: every test closed its clients, so a connection still open then was leaked."""
+    """A proxy for a whole module (run with ``-c`` on ``config``, a Gloo YAML text, when
+    given). At teardown it must exit 0 without hitting the drain deadline: every test closed
+    its clients, so a connection still open then was leaked."""
     workdir = tmp_path_factory.mktemp(f"proxy-{loop}")
+    if config is not None:
+        path = workdir / "config.yaml"
+        path.write_text(config)
+        extra_args = ("-c", str(path), *extra_args)
     p = ProxyProcess.launch(
         workdir,
         "--drain-timeout",
@@ -71,12 +78,48 @@ def module_proxy(
         )
 
 
+class _Server(Protocol):
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
+
+
+@contextlib.contextmanager
+def serving(server: ServerT) -> Iterator[ServerT]:
+    """``server`` (an OriginServer, AuthServer, JwksServer...: ``start()`` / ``stop()``)
+    started for the block and stopped after it; its handlers must not have failed
+    (``server.errors``, where it keeps one)."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+    errors = getattr(server, "errors", None)
+    assert not errors, errors
+
+
 def check_alive(p: ProxyProcess) -> None:
     """Fail the test that killed (or hung) a shared proxy."""
     if not p.running:
         pytest.fail(
             f"the shared proxy exited with {p.returncode}\n{p.stderr_tail(80)}", pytrace=False
         )
+
+
+def admin_stats(p: ProxyProcess, regex: str = "") -> dict[str, int]:
+    """The counters and gauges of the admin ``GET /stats`` (text format), filtered by
+    ``regex`` when given, as {name: value}."""
+    status, body = p.admin_get(f"/stats?filter={quote(regex, safe='')}" if regex else "/stats")
+    assert status == 200, body
+    out: dict[str, int] = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.rpartition(": ")
+        if name and value.lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
 
 
 def no_ip_queries(dns: DNSTestServer, since: int = 0) -> bool:

@@ -3,6 +3,9 @@
 Import them into a test module (``from tests.shared_proxy import ...``): pytest then treats
 them as that module's own, so "module" scope means one DNS server and one proxy per loop
 for the file. Every test checks afterwards that the shared proxy is still alive.
+
+Files that start their own proxy (a config of their own) take just the pieces they need:
+``dns_server = shared_proxy.dns_server``, ``shared_origin = shared_proxy.shared_origin``.
 """
 
 from __future__ import annotations
@@ -11,15 +14,30 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests.helpers import check_alive, module_dns_server, module_proxy, serving
 from tests.support.clients import RawClient
 from tests.support.dns_server import DNSTestServer
+from tests.support.origin import OriginServer, TcpEchoServer
 from tests.support.proxy import EVENT_LOOPS, ProxyProcess
 
 
 @pytest.fixture(scope="module")
 def dns_server() -> Iterator[DNSTestServer]:
     with module_dns_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_origin() -> Iterator[OriginServer]:
+    """One OriginServer for the module; its handlers must not have failed."""
+    with serving(OriginServer()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_echo() -> Iterator[TcpEchoServer]:
+    """One TcpEchoServer for the module; its handlers must not have failed."""
+    with serving(TcpEchoServer()) as server:
         yield server
 
 

@@ -10,17 +10,17 @@ should not have made is visible. Allowed traffic goes to origins on 127.0.0.2.
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests import shared_proxy
+from tests.helpers import check_alive, module_proxy
 from tests.support.clients import RawClient, curl
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import DFP_ROUTES, gateway, virtual_service
 from tests.support.origin import OriginServer, TcpEchoServer
 from tests.support.proxy import LOOPBACK_ALLOWED, ProxyProcess, proxy_command
 
@@ -64,10 +64,7 @@ def sentinels(*pairs: tuple[str, int]) -> Iterator[list[Sentinel]]:
 
 
 # ---------------------------------------------------------------------------- module setup
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
+dns_server = shared_proxy.dns_server
 
 
 @pytest.fixture(scope="module")
@@ -97,37 +94,12 @@ def servers() -> Iterator[dict[str, object]]:
             assert not srv.errors, srv.errors
 
 
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gateway-proxy, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 8080
-  httpGateway:
-    options:
-      dynamicForwardProxy: {}
-      httpConnectionManagerSettings:
-        upgrades: [{connect: {enabled: true}}]
-"""
-
-ROUTES = """\
-    routes:
-    - matchers: [{connectMatcher: {}}]
-      routeAction: {dynamicForwardProxy: {}}
-      options: {upgrades: [{connectTerminate: {enabled: true}}]}
-    - matchers: [{prefix: /}]
-      routeAction: {dynamicForwardProxy: {}}
-"""
+GATEWAY = gateway(connect=True)
 
 
 def vs(name: str, domains: list[str], options: str) -> str:
-    return (
-        "apiVersion: gateway.solo.io/v1\nkind: VirtualService\n"
-        f"metadata: {{name: {name}, namespace: gloo-system}}\n"
-        f"spec:\n  virtualHost:\n    domains: {json.dumps(domains)}\n{ROUTES}"
-        "    options:\n" + textwrap.indent(textwrap.dedent(options).strip("\n"), "      ") + "\n"
-    )
+    """Every request through the DFP (CONNECT tunnelled), with the access ``options``."""
+    return virtual_service(name, domains, DFP_ROUTES, options)
 
 
 def access_config(s: dict[str, object]) -> str:
@@ -190,9 +162,7 @@ def proxy(
         dns_server.set(name, a=["127.0.0.2"] if name != "both.test" else ["127.0.0.1", TWO])
     dns_server.set("rbac.test", a=[TWO])
     dns_server.set("one.test", a=["127.0.0.1"])
-    config = tmp_path_factory.mktemp("access") / "access.yaml"
-    config.write_text(access_config(servers))
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(config)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", config=access_config(servers)) as p:
         yield p
 
 

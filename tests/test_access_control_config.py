@@ -19,39 +19,22 @@ from dfproxy.access.rules import AccessPolicy
 from dfproxy.config.gloo import ConfigError, load_paths
 from dfproxy.runtime import Runtime
 from dfproxy.stats import StatsStore
+from tests.support import gloo_yaml
 from tests.support.proxy import REPO_ROOT
-
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 8080
-  httpGateway:
-    options:
-      dynamicForwardProxy: {}
-"""
 
 
 def config(tmp_path: Path, vhost_options: str, route_options: str = "", listener: str = "") -> Path:
-    gateway = GATEWAY
-    if listener:
-        gateway += textwrap.indent(textwrap.dedent(listener).strip("\n"), "      ") + "\n"
-    route = "    - matchers: [{prefix: /}]\n      routeAction: {dynamicForwardProxy: {}}\n"
+    route = gloo_yaml.DFP_ROUTE
     if route_options:
-        route += "      options:\n"
-        route += textwrap.indent(textwrap.dedent(route_options).strip("\n"), "        ") + "\n"
-    vs = (
-        "apiVersion: gateway.solo.io/v1\nkind: VirtualService\n"
-        "metadata: {name: vs, namespace: gloo-system}\n"
-        "spec:\n  virtualHost:\n    domains: ['*']\n    routes:\n" + route
-    )
-    if vhost_options:
-        vs += "    options:\n"
-        vs += textwrap.indent(textwrap.dedent(vhost_options).strip("\n"), "      ") + "\n"
+        route += "  options:\n"
+        route += textwrap.indent(textwrap.dedent(route_options).strip("\n"), "    ") + "\n"
     path = tmp_path / "c.yaml"
-    path.write_text(gateway + "---\n" + vs)
+    path.write_text(
+        gloo_yaml.config(
+            gloo_yaml.gateway(listener, name="gw"),
+            gloo_yaml.virtual_service("vs", ["*"], route, vhost_options),
+        )
+    )
     return path
 
 

@@ -92,9 +92,7 @@ def _proxy(
     origin: OriginServer,
     strict: bool,
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("blog") / "blog.yaml"
-    path.write_text(blog_yaml(origin.port, strict))
-    with module_proxy(tmp_path_factory, dns, "uvloop", "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns, "uvloop", config=blog_yaml(origin.port, strict)) as p:
         yield p
 
 

@@ -10,16 +10,17 @@ so DFP routes reach the module's origin whatever name they use).
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests import shared_proxy
+from tests.helpers import check_alive, module_proxy
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import gateway, virtual_service
 from tests.support.origin import OriginServer, TcpEchoServer, websocket_accept
 from tests.support.proxy import ProxyProcess
 
@@ -28,62 +29,17 @@ WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 # ---------------------------------------------------------------------------- module fixtures
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def shared_origin() -> Iterator[OriginServer]:
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
-
-
-@pytest.fixture(scope="module")
-def shared_echo() -> Iterator[TcpEchoServer]:
-    server = TcpEchoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
-
-
-def vs(name: str, domains: list[str], routes: str, options: str = "") -> str:
-    body = textwrap.indent(textwrap.dedent(routes).strip("\n"), "    ")
-    text = (
-        "apiVersion: gateway.solo.io/v1\nkind: VirtualService\n"
-        f"metadata: {{name: {name}, namespace: gloo-system}}\n"
-        f"spec:\n  virtualHost:\n    domains: {json.dumps(domains)}\n    routes:\n{body}\n"
-    )
-    if options:
-        text += "    options:\n" + textwrap.indent(textwrap.dedent(options).strip("\n"), "      ")
-        text += "\n"
-    return text
+dns_server = shared_proxy.dns_server
+shared_origin = shared_proxy.shared_origin
+shared_echo = shared_proxy.shared_echo
+vs = virtual_service
 
 
 def direct(body: str) -> str:
     return f"directResponseAction: {{status: 200, body: {body}}}"
 
 
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gateway-proxy, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 8080
-  httpGateway:
-    options:
-      dynamicForwardProxy: {}
-      httpConnectionManagerSettings:
-        upgrades: [{connect: {enabled: true}}]
-"""
+GATEWAY = gateway(connect=True)
 
 
 def routing_config(origin_port: int, echo_port: int) -> str:
@@ -261,9 +217,12 @@ def routing_proxy(
     shared_origin: OriginServer,
     shared_echo: TcpEchoServer,
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("routing") / "routing.yaml"
-    path.write_text(routing_config(shared_origin.port, shared_echo.port))
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(
+        tmp_path_factory,
+        dns_server,
+        "uvloop",
+        config=routing_config(shared_origin.port, shared_echo.port),
+    ) as p:
         yield p
 
 

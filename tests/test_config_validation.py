@@ -20,35 +20,14 @@ from pathlib import Path
 import pytest
 
 from dfproxy.config.gloo import ConfigError, load_paths
+from tests.support import gloo_yaml
 from tests.support.proxy import REPO_ROOT, ProxyProcess
 
 SEEDS = Path(__file__).parent / "fixtures" / "seeds"
 
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 8080
-  httpGateway:
-    options:
-      dynamicForwardProxy: {}
-      httpConnectionManagerSettings:
-        upgrades: [{connect: {enabled: true}}]
-"""
+GATEWAY = gloo_yaml.gateway(connect=True, name="gw")
 
-VIRTUAL_SERVICE = """\
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: vs, namespace: gloo-system}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - matchers: [{prefix: /}]
-      routeAction: {dynamicForwardProxy: {}}
-"""
+VIRTUAL_SERVICE = gloo_yaml.virtual_service("vs", ["*"], gloo_yaml.DFP_ROUTE)
 
 
 def docs(*parts: str) -> str:

@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests import shared_proxy
+from tests.helpers import check_alive, module_proxy
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer
@@ -100,29 +101,15 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def shared_origin() -> Iterator[OriginServer]:
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
+dns_server = shared_proxy.dns_server
+shared_origin = shared_proxy.shared_origin
 
 
 @pytest.fixture(scope="module")
 def dlp_proxy(
     tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer, shared_origin: OriginServer
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("dlp") / "dlp.yaml"
-    path.write_text(CONFIG)
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", config=CONFIG) as p:
         yield p
 
 

@@ -10,7 +10,6 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -418,13 +417,15 @@ def test_proxy_still_serves_after_errors(proxy: ProxyProcess, origin: OriginServ
 
 
 # ---------------------------------------------------------------------------- route timeout
-@pytest.fixture
+@pytest.fixture(scope="module")
 def timeout_proxy(
-    proxy_factory: Callable[..., ProxyProcess], proxy_loop: str, tmp_path: Path
-) -> ProxyProcess:
-    config = tmp_path / "timeout.yaml"
-    config.write_text(TIMEOUT_CONFIG)
-    return proxy_factory("-c", str(config), loop=proxy_loop, log_level="info")
+    tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer, proxy_loop: str
+) -> Iterator[ProxyProcess]:
+    """One proxy per loop with a 1 s route timeout, for the two tests below."""
+    with module_proxy(
+        tmp_path_factory, dns_server, proxy_loop, log_level="info", config=TIMEOUT_CONFIG
+    ) as p:
+        yield p
 
 
 def test_upstream_timeout_is_504(

@@ -5,23 +5,26 @@ down (statusOnError, failureModeAllow), the decision cache, ``disable`` on a rou
 
 Three Gateways share the VirtualServices: ``gateway-proxy`` (strict, 200 ms timeout),
 ``lenient`` (failureModeAllow, decision cache) and ``down`` (a dead server, statusOnError 503).
+One proxy on uvloop: the filter has no loop-specific code, and the data path it uses runs on
+both loops in test_forwarding / test_connect / test_upstream_client.
 """
 
 from __future__ import annotations
 
 import socket
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dfproxy.config.gloo import ConfigError, load_paths
-from tests.helpers import assert_no_traceback, check_alive, module_dns_server, module_proxy
+from tests import shared_proxy
+from tests.helpers import admin_stats, assert_no_traceback, check_alive, module_proxy, serving
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import gateway
 from tests.support.origin import OriginServer, SeenRequest, TcpEchoServer
-from tests.support.proxy import EVENT_LOOPS, ProxyProcess
+from tests.support.proxy import ProxyProcess
 
 
 class AuthServer(OriginServer):
@@ -53,23 +56,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway(name: str, port: int, extauth: str) -> str:
-    return textwrap.dedent(
-        f"""\
-        apiVersion: gateway.solo.io/v1
-        kind: Gateway
-        metadata: {{name: {name}, namespace: gloo-system}}
-        spec:
-          bindAddress: 127.0.0.1
-          bindPort: {port}
-          httpGateway:
-            options:
-              dynamicForwardProxy: {{}}
-              httpConnectionManagerSettings:
-                upgrades: [{{connect: {{enabled: true}}}}]
-              extauth: {extauth}
-        """
-    )
+def authz_gateway(name: str, port: int, extauth: str) -> str:
+    return gateway(f"extauth: {extauth}", connect=True, name=name, port=port)
 
 
 VIRTUAL_SERVICE = """\
@@ -92,46 +80,19 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def shared_origin() -> Iterator[OriginServer]:
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
-
-
-@pytest.fixture(scope="module")
-def shared_echo() -> Iterator[TcpEchoServer]:
-    server = TcpEchoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
+dns_server = shared_proxy.dns_server
+shared_origin = shared_proxy.shared_origin
+shared_echo = shared_proxy.shared_echo
 
 
 @pytest.fixture(scope="module")
 def auth_server() -> Iterator[AuthServer]:
-    server = AuthServer()
-    server.start()
-    try:
+    with serving(AuthServer()) as server:
         yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
 
 
-@pytest.fixture(scope="module", params=EVENT_LOOPS)
+@pytest.fixture(scope="module")
 def authz_proxy(
-    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     dns_server: DNSTestServer,
     auth_server: AuthServer,
@@ -150,15 +111,13 @@ def authz_proxy(
     down = f"{{serverUri: 'http://127.0.0.1:{free_port()}', statusOnError: 503}}"
     text = "---\n".join(
         [
-            gateway("gateway-proxy", 8080, strict),
-            gateway("lenient", free_port(), lenient),
-            gateway("down", free_port(), down),
+            authz_gateway("gateway-proxy", 8080, strict),
+            authz_gateway("lenient", free_port(), lenient),
+            authz_gateway("down", free_port(), down),
             VIRTUAL_SERVICE,
         ]
     )
-    path = tmp_path_factory.mktemp("extauth") / "gw.yaml"
-    path.write_text(text)
-    with module_proxy(tmp_path_factory, dns_server, request.param, "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", config=text) as p:
         yield p
         assert_no_traceback(p)
 
@@ -170,15 +129,7 @@ def proxy(authz_proxy: ProxyProcess, auth_server: AuthServer) -> Iterator[ProxyP
     check_alive(authz_proxy)
 
 
-def stats(p: ProxyProcess) -> dict[str, int]:
-    status, body = p.admin_get("/stats")
-    assert status == 200
-    out: dict[str, int] = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(": ")
-        if name and value.lstrip("-").isdigit():
-            out[name] = int(value)
-    return out
+stats = admin_stats
 
 
 def get(port: int, url: str, headers: dict[str, str] | None = None) -> RawResponse:
@@ -321,7 +272,7 @@ def test_connect_is_checked(
 def errors_of(tmp_path: Path, extauth: str, vs_options: str = "{extauth: {customAuth: {}}}") -> str:
     vs = VIRTUAL_SERVICE.replace("{extauth: {customAuth: {}}}", vs_options)
     path = tmp_path / "gw.yaml"
-    path.write_text(gateway("gw", 8080, extauth) + "---\n" + vs)
+    path.write_text(authz_gateway("gw", 8080, extauth) + "---\n" + vs)
     with pytest.raises(ConfigError) as info:
         load_paths([str(path)])
     return "\n".join(info.value.errors)

@@ -20,10 +20,12 @@ import yaml
 from dfproxy.config.gloo import ConfigError, load_paths
 from dfproxy.jwt_authn import status as st
 from tests import jwt_support as s
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests import shared_proxy
+from tests.helpers import check_alive, module_proxy, serving
 from tests.jwt_support import JwksServer
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import gateway, virtual_service
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
 
@@ -35,17 +37,7 @@ BLOG_ISSUER = "mypaas.io"
 
 
 # ---------------------------------------------------------------------------- config
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gateway-proxy, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 8080
-  httpGateway:
-    options:
-      dynamicForwardProxy: {}
-"""
+GATEWAY = gateway()
 
 
 def vs(name: str, domain: str, routes: list[Any], options: dict[str, Any] | None = None) -> str:
@@ -230,29 +222,14 @@ def jwt_config(jwks_port: int) -> str:
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def shared_origin() -> Iterator[OriginServer]:
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
+dns_server = shared_proxy.dns_server
+shared_origin = shared_proxy.shared_origin
 
 
 @pytest.fixture(scope="module")
 def jwks_server() -> Iterator[JwksServer]:
-    server = JwksServer().start()
-    try:
+    with serving(JwksServer()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -262,10 +239,13 @@ def jwt_proxy(
     shared_origin: OriginServer,
     jwks_server: JwksServer,
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("jwt") / "jwt.yaml"
-    path.write_text(jwt_config(jwks_server.port))
     with module_proxy(
-        tmp_path_factory, dns_server, "uvloop", "-c", str(path), "--access-log-format", "json"
+        tmp_path_factory,
+        dns_server,
+        "uvloop",
+        "--access-log-format",
+        "json",
+        config=jwt_config(jwks_server.port),
     ) as p:
         yield p
 
@@ -506,16 +486,7 @@ ECHO_ROUTE = """\
 
 
 def vs_yaml(routes: str, options: str = "") -> str:
-    text = (
-        "apiVersion: gateway.solo.io/v1\nkind: VirtualService\n"
-        "metadata: {name: bad, namespace: gloo-system}\n"
-        "spec:\n  virtualHost:\n    domains: [bad.test]\n    routes:\n"
-        + textwrap.indent(textwrap.dedent(routes).strip("\n"), "    ")
-        + "\n"
-    )
-    if options:
-        text += "    options:\n" + textwrap.indent(options.strip("\n"), "      ") + "\n"
-    return text
+    return virtual_service("bad", ["bad.test"], routes, options)
 
 
 def vs_with(options: str) -> str:

@@ -11,42 +11,25 @@ from typing import Any
 import pytest
 
 from dfproxy.cluster import DfpCluster
-from dfproxy.dns.cache import DnsCache, DnsCacheConfig
-from dfproxy.dns.resolver import Resolver, ResolverOptions
 from dfproxy.jwt_authn.jwks_cache import RemoteJwks
 from dfproxy.stats import StatsStore
-from dfproxy.upstream.circuit_breaker import Thresholds
-from dfproxy.upstream.pool import UpstreamPool
 from tests import jwt_support as s
+from tests.helpers import serving
 from tests.jwt_support import JwksServer
 from tests.support.dns_server import DNSTestServer
+from tests.upstream_helpers import dfp_cluster
 
 
 @pytest.fixture
 def jwks_server() -> Iterator[JwksServer]:
-    server = JwksServer().start()
-    try:
+    with serving(JwksServer()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def run(dns: DNSTestServer, body: Callable[[DfpCluster, StatsStore], Awaitable[Any]]) -> Any:
     async def main() -> Any:
-        loop = asyncio.get_running_loop()
         stats = StatsStore()
-        resolver = Resolver(ResolverOptions(servers=(dns.address,)), loop)
-        cache = DnsCache(DnsCacheConfig(name="jwks_test"), resolver, stats, loop)
-        pool = UpstreamPool(
-            loop,
-            stats,
-            "jwks_test",
-            connect_timeout=2.0,
-            idle_timeout=60.0,
-            tls=None,
-            breakers=Thresholds(16, 16, 16, 3, False),
-        )
-        cluster = DfpCluster("jwks_test", cache, pool, resolver=resolver)
+        cluster = dfp_cluster(asyncio.get_running_loop(), dns, "jwks_test", stats)
         try:
             return await body(cluster, stats)
         finally:

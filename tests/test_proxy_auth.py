@@ -4,6 +4,9 @@ for plain requests and CONNECT (``curl -p``), the credential never reaching the 
 request authenticated on its own (keep-alive), per-route ``disable``, and the per-address
 failure limit (tested from other loopback source addresses, 127.0.0.N, so the limit does not
 touch the other tests' 127.0.0.1).
+
+One proxy on uvloop for the module; the hash check off the loop (run_in_executor) also runs
+in-process on plain asyncio (test below), and the data path runs on both loops elsewhere.
 """
 
 from __future__ import annotations
@@ -29,17 +32,20 @@ from dfproxy.filters import CONTINUE, STOP, proxy_auth
 from dfproxy.filters.proxy_auth import ProxyAuthConfig, ProxyAuthFilter
 from dfproxy.stats import StatsStore
 from dfproxy.stream import DONE, FILTERING
+from tests import shared_proxy
 from tests.helpers import (
+    admin_stats,
     assert_no_traceback,
     check_alive,
-    module_dns_server,
     module_proxy,
     wait_until,
 )
 from tests.support.clients import RawClient, curl
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import DFP_ROUTE, gateway, virtual_service
+from tests.support.gloo_yaml import config as config_of
 from tests.support.origin import OriginServer
-from tests.support.proxy import EVENT_LOOPS, ProxyProcess
+from tests.support.proxy import ProxyProcess
 
 ALICE_PW = "wonder land"  # bcrypt entry ($2y$, cost 4: fast tests)
 BOB_PW = "b0b"  # {SHA} entry
@@ -61,74 +67,41 @@ def basic(user: str, password: str) -> str:
 
 
 def config(htpasswd: Path) -> str:
-    return textwrap.dedent(
-        f"""\
-        apiVersion: gateway.solo.io/v1
-        kind: Gateway
-        metadata: {{name: gateway-proxy, namespace: gloo-system}}
-        spec:
-          bindAddress: 127.0.0.1
-          bindPort: 8080
-          httpGateway:
-            options:
-              dynamicForwardProxy: {{}}
-              httpConnectionManagerSettings:
-                upgrades: [{{connect: {{enabled: true}}}}]
-              proxyAuth:
-                realm: dfproxy test
-                htpasswdFile: {htpasswd}
-                users: [{{name: carol, passwordHash: '{bcrypt_entry(CAROL_PW, b"$2b$")}'}}]
-                failureLimit: {{maxFailures: 3, window: 60s}}
-        ---
-        apiVersion: gateway.solo.io/v1
-        kind: VirtualService
-        metadata: {{name: open, namespace: gloo-system}}
-        spec:
-          virtualHost:
-            domains: ["open.test", "open.test:*"]
-            options: {{proxyAuth: {{disable: true}}}}
-            routes:
-            - matchers: [{{prefix: /}}]
-              routeAction: {{dynamicForwardProxy: {{}}}}
-        ---
-        apiVersion: gateway.solo.io/v1
-        kind: VirtualService
-        metadata: {{name: all, namespace: gloo-system}}
-        spec:
-          virtualHost:
-            domains: ["*"]
-            routes:
-            - matchers: [{{connectMatcher: {{}}}}]
-              routeAction: {{dynamicForwardProxy: {{}}}}
-              options: {{upgrades: [{{connectTerminate: {{enabled: true}}}}]}}
-            - matchers: [{{prefix: /public}}]
-              directResponseAction: {{status: 200, body: public}}
-              options: {{proxyAuth: {{disable: true}}}}
-            - matchers: [{{prefix: /}}]
-              routeAction: {{dynamicForwardProxy: {{}}}}
-        """
+    listener = f"""
+    proxyAuth:
+      realm: dfproxy test
+      htpasswdFile: {htpasswd}
+      users: [{{name: carol, passwordHash: '{bcrypt_entry(CAROL_PW, b"$2b$")}'}}]
+      failureLimit: {{maxFailures: 3, window: 60s}}
+    """
+    routes = """
+    - matchers: [{connectMatcher: {}}]
+      routeAction: {dynamicForwardProxy: {}}
+      options: {upgrades: [{connectTerminate: {enabled: true}}]}
+    - matchers: [{prefix: /public}]
+      directResponseAction: {status: 200, body: public}
+      options: {proxyAuth: {disable: true}}
+    - matchers: [{prefix: /}]
+      routeAction: {dynamicForwardProxy: {}}
+    """
+    return config_of(
+        gateway(listener, connect=True),
+        virtual_service(
+            "open",
+            ["open.test", "open.test:*"],
+            DFP_ROUTE,
+            "proxyAuth: {disable: true}",
+        ),
+        virtual_service("all", ["*"], routes),
     )
 
 
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
+dns_server = shared_proxy.dns_server
+shared_origin = shared_proxy.shared_origin
 
 
 @pytest.fixture(scope="module")
-def shared_origin() -> Iterator[OriginServer]:
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
-
-
-@pytest.fixture(scope="module", params=EVENT_LOOPS)
 def auth_proxy(
-    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     dns_server: DNSTestServer,
 ) -> Iterator[ProxyProcess]:
@@ -140,7 +113,7 @@ def auth_proxy(
     )
     path = d / "gw.yaml"
     path.write_text(config(htpasswd))
-    with module_proxy(tmp_path_factory, dns_server, request.param, "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
         yield p
         assert_no_traceback(p)
 
@@ -151,15 +124,7 @@ def proxy(auth_proxy: ProxyProcess) -> Iterator[ProxyProcess]:
     check_alive(auth_proxy)
 
 
-def stats(p: ProxyProcess) -> dict[str, int]:
-    status, body = p.admin_get("/stats")
-    assert status == 200
-    out: dict[str, int] = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(": ")
-        if name and value.lstrip("-").isdigit():
-            out[name] = int(value)
-    return out
+stats = admin_stats
 
 
 def test_bcrypt_sha_and_static_users_are_accepted(
@@ -288,18 +253,8 @@ def test_failures_from_one_address_are_rate_limited(
 def load_errors(tmp_path: Path, options: str, htpasswd: str | None = None) -> list[str]:
     if htpasswd is not None:
         (tmp_path / "htpasswd").write_text(htpasswd)
-    gw = textwrap.dedent(
-        """\
-        apiVersion: gateway.solo.io/v1
-        kind: Gateway
-        metadata: {name: gw, namespace: gloo-system}
-        spec:
-          httpGateway:
-            options:
-              dynamicForwardProxy: {}
-              proxyAuth:
-        """
-    ) + textwrap.indent(textwrap.dedent(options), " " * 8)
+    proxy_auth = "proxyAuth:\n" + textwrap.indent(textwrap.dedent(options), "  ")
+    gw = gateway(proxy_auth, name="gw")
     path = tmp_path / "gw.yaml"
     path.write_text(gw)
     with pytest.raises(ConfigError) as info:

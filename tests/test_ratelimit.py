@@ -8,51 +8,34 @@ not share buckets (every bucket refills every 100 s: nothing refills during the 
 
 from __future__ import annotations
 
-import json
 import socket
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dfproxy.config.gloo import ConfigError, load_paths
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests import shared_proxy
+from tests.helpers import admin_stats, check_alive, module_proxy
 from tests.support.clients import RawClient, RawResponse
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import gateway, virtual_service
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
 
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gateway-proxy, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 8080
-  httpGateway:
-    options:
-      dynamicForwardProxy: {}
-      httpLocalRatelimit:
-        defaultLimit: {maxTokens: 3, tokensPerFill: 3, fillInterval: 100s}
-        enableXRatelimitHeaders: true
-        retryAfterHeader: true
-"""
+GATEWAY = gateway(
+    """
+    httpLocalRatelimit:
+      defaultLimit: {maxTokens: 3, tokensPerFill: 3, fillInterval: 100s}
+      enableXRatelimitHeaders: true
+      retryAfterHeader: true
+    """
+)
 
 SLOW = "{maxTokens: %d, tokensPerFill: 1, fillInterval: 100s}"
 
 
-def vs(name: str, domains: list[str], routes: str, options: str = "") -> str:
-    body = textwrap.indent(textwrap.dedent(routes).strip("\n"), "    ")
-    text = (
-        "apiVersion: gateway.solo.io/v1\nkind: VirtualService\n"
-        f"metadata: {{name: {name}, namespace: gloo-system}}\n"
-        f"spec:\n  virtualHost:\n    domains: {json.dumps(domains)}\n    routes:\n{body}\n"
-    )
-    if options:
-        text += "    options:\n" + textwrap.indent(textwrap.dedent(options).strip("\n"), "      ")
-        text += "\n"
-    return text
+vs = virtual_service
 
 
 def local_config() -> str:
@@ -129,29 +112,15 @@ def local_config() -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def shared_origin() -> Iterator[OriginServer]:
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
+dns_server = shared_proxy.dns_server
+shared_origin = shared_proxy.shared_origin
 
 
 @pytest.fixture(scope="module")
 def local_proxy(
     tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("ratelimit") / "local.yaml"
-    path.write_text(local_config())
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(tmp_path_factory, dns_server, "uvloop", config=local_config()) as p:
         yield p
 
 
@@ -166,10 +135,7 @@ def get(p: ProxyProcess, url: str, headers: dict[str, str] | None = None) -> Raw
         return c.request("GET", url, headers)
 
 
-def stats(p: ProxyProcess, pattern: str) -> dict[str, int]:
-    status, body = p.admin_get(f"/stats?format=json&filter={pattern}")
-    assert status == 200
-    return {s["name"]: s["value"] for s in json.loads(body)["stats"] if "name" in s}
+stats = admin_stats
 
 
 def assert_limited(r: RawResponse, limit: int) -> None:

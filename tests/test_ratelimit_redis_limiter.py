@@ -26,7 +26,7 @@ from dfproxy.ratelimit.redis_limiter import (
     RedisLimiter,
     RedisUnavailable,
 )
-from tests.helpers import wait_until
+from tests.helpers import admin_stats, wait_until
 from tests.support.clients import RawClient
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
@@ -247,10 +247,7 @@ def one(p: ProxyProcess, path: str, headers: dict[str, str] | None = None, port:
         return c.request("GET", f"http://rl.test{path}", headers).status
 
 
-def stats(p: ProxyProcess, pattern: str) -> dict[str, int]:
-    status, body = p.admin_get(f"/stats?format=json&filter={pattern}")
-    assert status == 200
-    return {s["name"]: s["value"] for s in json.loads(body)["stats"] if "name" in s}
+stats = admin_stats
 
 
 async def _load(ports: list[int], deadline: float, rate: float, max_requests: int) -> list[int]:

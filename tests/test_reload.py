@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import admin_stats
+from tests.support import gloo_yaml
 from tests.support.clients import RawClient
 from tests.support.origin import OriginServer, TcpEchoServer
 from tests.support.proxy import ProxyProcess
@@ -29,53 +31,19 @@ ProxyFactory = Callable[..., ProxyProcess]
 
 # ---------------------------------------------------------------------------- configs
 def gateway(name: str = "gateway-proxy", port: int = 8080) -> str:
-    return f"""\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {{name: {name}, namespace: gloo-system}}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: {port}
-  httpGateway:
-    options:
-      dynamicForwardProxy: {{}}
-      httpConnectionManagerSettings:
-        upgrades: [{{connect: {{enabled: true}}}}]
-"""
+    return gloo_yaml.gateway(connect=True, name=name, port=port)
 
 
 def direct_config(body: str) -> str:
     """One virtual host answering every GET with ``body``."""
-    return (
-        gateway()
-        + f"""\
----
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {{name: vs, namespace: gloo-system}}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - matchers: [{{prefix: /}}]
-      directResponseAction: {{status: 200, body: {body}}}
-"""
-    )
+    routes = f"- matchers: [{{prefix: /}}]\n  directResponseAction: {{status: 200, body: {body}}}"
+    return gloo_yaml.config(gateway(), gloo_yaml.virtual_service("vs", ["*"], routes))
 
 
 def forward_config(tag: str, *gateways: str) -> str:
     """CONNECT terminated, everything else through the DFP, responses tagged ``x-config``;
     ``/hello`` answered directly. Selected by every Gateway given (default: one)."""
-    return "---\n".join(gateways or (gateway(),)) + (
-        f"""\
----
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {{name: vs, namespace: gloo-system}}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
+    routes = f"""
     - matchers: [{{connectMatcher: {{}}}}]
       routeAction: {{dynamicForwardProxy: {{}}}}
       options: {{upgrades: [{{connectTerminate: {{enabled: true}}}}]}}
@@ -86,8 +54,9 @@ spec:
       options:
         headerManipulation:
           responseHeadersToAdd: [{{header: {{key: x-config, value: {tag}}}}}]
-"""
-    )
+    """
+    vs = gloo_yaml.virtual_service("vs", ["*"], routes)
+    return gloo_yaml.config(*(gateways or (gateway(),)), vs)
 
 
 INVALID = direct_config("A").replace("prefix: /", "prefx: /") + (
@@ -158,15 +127,7 @@ def wait_for_rejection(p: ProxyProcess, count: int, timeout: float = 5.0) -> dic
     return config_status(p)
 
 
-def stats(p: ProxyProcess) -> dict[str, int]:
-    status, body = p.admin_get("/stats")
-    assert status == 200
-    out: dict[str, int] = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(": ")
-        if name and value.lstrip("-").isdigit():
-            out[name] = int(value)
-    return out
+stats = admin_stats
 
 
 def stat(p: ProxyProcess, name: str) -> int:

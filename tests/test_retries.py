@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests.helpers import check_alive, module_dns_server, module_proxy, serving
 from tests.support.clients import IncompleteResponseError, RawClient
 from tests.support.origin import OriginServer, SeenRequest, _Close
 from tests.support.proxy import ProxyProcess
@@ -107,13 +107,8 @@ class FlakyOrigin(OriginServer):
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def shared_origin() -> Iterator[FlakyOrigin]:
-    server = FlakyOrigin().start()
-    assert isinstance(server, FlakyOrigin)
-    try:
+    with serving(FlakyOrigin()) as server:
         yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ decides exactly what goes on the wire (the shared OriginServer cannot misbehave 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import gloo_yaml
 from tests.support.clients import IncompleteResponseError, RawClient
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
@@ -47,6 +49,7 @@ class ScriptedOrigin:
         self.accepted = 0
         self._stop = False
         self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
         self._acceptor.start()
 
@@ -57,6 +60,7 @@ class ScriptedOrigin:
             except OSError:
                 return
             self.accepted += 1
+            self._conns.append(conn)
             if self.inline is not None:
                 try:
                     self.inline(conn)
@@ -79,7 +83,12 @@ class ScriptedOrigin:
             conn.close()
 
     def close(self) -> None:
+        # close() alone does not wake a thread blocked in accept() or recv() on Linux (each
+        # join below would wait its full 2 s): shutdown() does.
         self._stop = True
+        for sock in (self.sock, *self._conns):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self._acceptor.join(2)
         for t in self._threads:
@@ -300,31 +309,11 @@ def test_body_buffer_pause_survives_a_local_reply(
 
 
 def _timeout_config(*gateways: tuple[str, int]) -> str:
-    gws = [
-        f"""apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {{name: {name}, namespace: gloo-system}}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: {port}
-  httpGateway:
-    options:
-      dynamicForwardProxy: {{}}
-"""
-        for name, port in gateways
-    ]
-    vs = """apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: vs, namespace: gloo-system}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - matchers: [{prefix: /}]
-      routeAction: {dynamicForwardProxy: {}}
-      options: {timeout: 2s}
-"""
-    return "---\n".join([*gws, vs])
+    routes = gloo_yaml.DFP_ROUTE + "  options: {timeout: 2s}\n"
+    return gloo_yaml.config(
+        *(gloo_yaml.gateway(name=name, port=port) for name, port in gateways),
+        gloo_yaml.virtual_service("vs", ["*"], routes),
+    )
 
 
 def test_retired_listener_stops_enforcing_timeouts(

@@ -13,42 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import textwrap
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.helpers import check_alive, module_dns_server, module_proxy
+from tests import shared_proxy
+from tests.helpers import check_alive, module_proxy
 from tests.support.clients import RawClient, RawResponse, encode_chunked
 from tests.support.dns_server import DNSTestServer
+from tests.support.gloo_yaml import gateway, virtual_service
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
 
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gateway-proxy, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 8080
-  httpGateway:
-    options:
-      dynamicForwardProxy: {}
-"""
-
-
-def vs(name: str, domain: str, routes: str, options: str = "") -> str:
-    text = (
-        "apiVersion: gateway.solo.io/v1\nkind: VirtualService\n"
-        f"metadata: {{name: {name}, namespace: gloo-system}}\n"
-        f"spec:\n  virtualHost:\n    domains: [{json.dumps(domain)}]\n    routes:\n"
-        + textwrap.indent(textwrap.dedent(routes).strip("\n"), "    ")
-        + "\n"
-    )
-    if options:
-        text += "    options:\n" + textwrap.indent(textwrap.dedent(options).strip("\n"), "      ")
-        text += "\n"
-    return text
+GATEWAY = gateway()
+vs = virtual_service
 
 
 # Templates too long for a YAML line, put in as JSON strings (valid YAML scalars).
@@ -305,29 +283,17 @@ def _config(port: int) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DNSTestServer]:
-    with module_dns_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def shared_origin() -> Iterator[OriginServer]:
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert not server.errors, server.errors
+dns_server = shared_proxy.dns_server
+shared_origin = shared_proxy.shared_origin
 
 
 @pytest.fixture(scope="module")
 def tproxy(
     tmp_path_factory: pytest.TempPathFactory, dns_server: DNSTestServer, shared_origin: OriginServer
 ) -> Iterator[ProxyProcess]:
-    path = tmp_path_factory.mktemp("transformation") / "transformation.yaml"
-    path.write_text(config(shared_origin.port))
-    with module_proxy(tmp_path_factory, dns_server, "uvloop", "-c", str(path)) as p:
+    with module_proxy(
+        tmp_path_factory, dns_server, "uvloop", config=config(shared_origin.port)
+    ) as p:
         yield p
 
 

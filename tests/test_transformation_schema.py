@@ -10,16 +10,9 @@ import pytest
 
 from dfproxy.config.gloo import ConfigError, load_paths
 from dfproxy.filters.transformation import CompiledStage
+from tests.support import gloo_yaml
 
-GATEWAY = """\
-apiVersion: gateway.solo.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: gloo-system}
-spec:
-  bindAddress: 127.0.0.1
-  bindPort: 0
-  httpGateway: {options: {dynamicForwardProxy: {}}}
-"""
+GATEWAY = gloo_yaml.gateway(name="gw", port=0)
 
 VHOST = "spec.virtualHost.options.stagedTransformations"
 ROUTE = "spec.virtualHost.routes[0].options.stagedTransformations"
@@ -27,20 +20,13 @@ TT = "requestTransforms[0].requestTransformation.transformationTemplate"
 
 
 def config(route_options: str = "", vhost_options: str = "", routes: int = 1) -> str:
-    route = "- matchers: [{prefix: /}]\n  routeAction: {dynamicForwardProxy: {}}\n"
+    route = gloo_yaml.DFP_ROUTE
     if route_options:
         route += "  options:\n" + textwrap.indent(textwrap.dedent(route_options).strip(), "    ")
-    text = (
-        GATEWAY
-        + "---\napiVersion: gateway.solo.io/v1\nkind: VirtualService\n"
-        + "metadata: {name: vs, namespace: gloo-system}\n"
-        + "spec:\n  virtualHost:\n    domains: ['*']\n    routes:\n"
-        + textwrap.indent(route * routes, "    ")
-        + "\n"
+        route += "\n"
+    return gloo_yaml.config(
+        GATEWAY, gloo_yaml.virtual_service("vs", ["*"], route * routes, vhost_options)
     )
-    if vhost_options:
-        text += "    options:\n" + textwrap.indent(textwrap.dedent(vhost_options).strip(), "      ")
-    return text + "\n"
 
 
 def load(tmp_path: Path, text: str) -> dict[str, CompiledStage]:

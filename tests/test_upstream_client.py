@@ -11,35 +11,15 @@ import threading
 import pytest
 
 from dfproxy.cluster import DfpCluster
-from dfproxy.dns.cache import DnsCache, DnsCacheConfig
-from dfproxy.dns.resolver import Resolver, ResolverOptions
-from dfproxy.stats import StatsStore
-from dfproxy.upstream.circuit_breaker import Thresholds
 from dfproxy.upstream.client import ClientError, fetch
-from dfproxy.upstream.pool import UpstreamPool
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer
-
-
-def _cluster(loop: asyncio.AbstractEventLoop, dns: DNSTestServer) -> DfpCluster:
-    stats = StatsStore()
-    resolver = Resolver(ResolverOptions(servers=(dns.address,)), loop)
-    cache = DnsCache(DnsCacheConfig(name="client_test"), resolver, stats, loop)
-    pool = UpstreamPool(
-        loop,
-        stats,
-        "client_test",
-        connect_timeout=2.0,
-        idle_timeout=60.0,
-        tls=None,
-        breakers=Thresholds(16, 16, 16, 3, False),
-    )
-    return DfpCluster("client_test", cache, pool, resolver=resolver)
+from tests.upstream_helpers import dfp_cluster
 
 
 def _run(dns: DNSTestServer, body: object) -> object:
     async def main() -> object:
-        cluster = _cluster(asyncio.get_running_loop(), dns)
+        cluster = dfp_cluster(asyncio.get_running_loop(), dns, "client_test")
         try:
             return await body(cluster)  # type: ignore[operator]
         finally:

@@ -7,17 +7,24 @@ Config documents are built as dicts and written as JSON (a YAML subset), one doc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from tests.helpers import assert_no_traceback, parse_log_line, wait_for_log_line
+from dfproxy.cluster import DfpCluster
+from dfproxy.dns.cache import DnsCache, DnsCacheConfig
+from dfproxy.dns.resolver import Resolver, ResolverOptions
+from dfproxy.stats import StatsStore
+from dfproxy.upstream.circuit_breaker import Thresholds
+from dfproxy.upstream.pool import UpstreamPool
+from tests.helpers import admin_stats, assert_no_traceback, parse_log_line, wait_for_log_line
 from tests.helpers import wait_until as wait_until  # re-exported for the upstream tests
 from tests.support.clients import RawClient, RawResponse
+from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer
 from tests.support.proxy import ProxyProcess
 
@@ -28,6 +35,31 @@ CONNECT_FAILURE_BODY = (
 )
 RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers."
 TIMEOUT_BODY = "upstream request timeout"
+
+
+# ---------------------------------------------------------------------------- in process
+def dfp_cluster(
+    loop: asyncio.AbstractEventLoop,
+    dns: DNSTestServer,
+    name: str = "test",
+    stats: StatsStore | None = None,
+) -> DfpCluster:
+    """A real DFP cluster (c-ares on the test DNS server, a plain-TCP pool) for tests that
+    drive the proxy's own client in process; ``close()`` it at the end."""
+    if stats is None:
+        stats = StatsStore()
+    resolver = Resolver(ResolverOptions(servers=(dns.address,)), loop)
+    cache = DnsCache(DnsCacheConfig(name=name), resolver, stats, loop)
+    pool = UpstreamPool(
+        loop,
+        stats,
+        name,
+        connect_timeout=2.0,
+        idle_timeout=60.0,
+        tls=None,
+        breakers=Thresholds(16, 16, 16, 3, False),
+    )
+    return DfpCluster(name, cache, pool, resolver=resolver)
 
 
 # ---------------------------------------------------------------------------- config
@@ -92,13 +124,7 @@ def start_proxy(
 # ---------------------------------------------------------------------------- stats
 def stats(p: ProxyProcess, regex: str) -> dict[str, int]:
     """``/stats?filter=regex`` (text format) as {name: value}."""
-    status, body = p.admin_get(f"/stats?filter={quote(regex, safe='')}")
-    assert status == 200, body
-    out: dict[str, int] = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(": ")
-        out[name] = int(value)
-    return out
+    return admin_stats(p, regex)
 
 
 def cluster_stats(p: ProxyProcess, suffix_regex: str = ".*") -> dict[str, int]:
