@@ -245,7 +245,7 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Take ``conn`` back after a complete exchange; keep it idle if it can be reused."""
-        if not conn.reusable or self.closing or self.waiters:
+        if not conn.reusable() or self.closing or self.waiters:
             # With requests waiting at the connection limit, closing frees their slot.
             conn.close()
             return
