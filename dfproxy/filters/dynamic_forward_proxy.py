@@ -34,10 +34,10 @@ class DynamicForwardProxyFilter(HttpFilter):
         self.cache = cluster.dns_cache
         self.host_rewrite = host_rewrite
         self.host_rewrite_header = host_rewrite_header.lower() if host_rewrite_header else None
+        self.rewrites = host_rewrite is not None or host_rewrite_header is not None
 
     def on_request_headers(self, stream: Stream) -> int:
-        rewrites = self.host_rewrite is not None or self.host_rewrite_header is not None
-        if rewrites and not self._rewrite(stream):
+        if self.rewrites and not self._rewrite(stream):
             return STOP
         authority = stream.authority
         if authority is None:
@@ -58,6 +58,13 @@ class DynamicForwardProxyFilter(HttpFilter):
             stream.authority = authority
         if authority.is_ip:
             stream.host = self.cluster.ip_host(authority)
+            return CONTINUE
+        info = self.cache.lookup(authority.key)
+        if info is not None:  # a hit, as load() would answer it
+            if not info.addresses:
+                stream.local_error(errors.DnsResolutionFailure(info.last_status))
+                return STOP
+            stream.host = info
             return CONTINUE
         status, info = self.cache.load(
             authority.key, authority.host, authority.port, stream.on_dns_complete
