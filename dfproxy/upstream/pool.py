@@ -98,7 +98,7 @@ class UpstreamPool:
         an address in this host's own list is ever used for it.
         """
         port = host.port
-        name = self.tls_name(host)
+        name = host.host if self.tls is not None else ""  # tls_name(), inline: one call less
         for ip, _ in host.addresses:
             conns = self.idle.get((ip, port, name))
             while conns:
