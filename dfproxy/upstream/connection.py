@@ -29,6 +29,12 @@ EARLY_LIMIT = HIGH_WATER
 # Envoy applies the same header-count limit to responses; llhttp bounds nothing itself.
 MAX_RESPONSE_HEADERS = 100
 
+# A body read at least this large, framed by Content-Length alone, is relayed without
+# llhttp from the next read on: llhttp hands every body piece over as a fresh copy, and for
+# bulk GET those copies (memcpy, plus brk for the big buffers) were most of the proxy's CPU
+# (py-spy --native). Smaller bodies stay with the parser: the small-request path is unchanged.
+RAW_BODY_MIN = 16 * 1024
+
 CONNECTED, ACTIVE, IDLE, TUNNEL, CLOSED = "connected", "active", "idle", "tunnel", "closed"
 
 
@@ -82,6 +88,9 @@ class UpstreamConnection(asyncio.Protocol):
         "early_size",
         "counted",
         "tls_name",
+        "body_seen",
+        "body_length",
+        "raw_left",
     )
 
     def __init__(self, pool: UpstreamPool, host: DnsHostInfo, tls_name: str = "") -> None:
@@ -109,6 +118,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.early: list[bytes] | None = None  # bytes that came before a stream attached
         self.early_size = 0
         self.counted = False  # holds a slot of the connection circuit breaker
+        self.body_seen = 0  # body bytes llhttp delivered for the current response
+        self.body_length = -1  # its Content-Length once a big read came (0: not raw-able)
+        self.raw_left = 0  # > 0: body bytes still to relay without the parser
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -142,10 +154,18 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes while idle: the origin is misbehaving; the connection is unusable.
             self.close()
             return
+        if self.raw_left:
+            self._raw_body(data)
+            return
         down = self.sink.conn
         down.cork()
         try:
             self.parser.feed_data(data)
+            if self.body_length > self.body_seen and self.head_done and self.sink is not None:
+                # A big Content-Length body is under way: the rest goes around llhttp, and
+                # a fresh parser reads whatever follows it.
+                self.raw_left = self.body_length - self.body_seen
+                self.parser = httptools.HttpResponseParser(self)
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
@@ -203,6 +223,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers = []
         self.trailers = None
         self.head_done = False
+        self.body_seen = 0
+        self.body_length = -1
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
@@ -243,7 +265,50 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None and not self.interim:
+            n = len(body)
+            self.body_seen += n
+            if n >= RAW_BODY_MIN and self.body_length < 0:
+                self.body_length = self._content_length()
             self.sink.upstream_response_body(body)
+
+    def _content_length(self) -> int:
+        """The body's length when Content-Length alone frames it (one plain value, no
+        Transfer-Encoding), else 0: llhttp keeps the body."""
+        length = 0
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                return 0
+            if lname == b"content-length":
+                if length or not value.isdigit():
+                    return 0
+                length = int(value)
+        return length
+
+    def _raw_body(self, data: bytes) -> None:
+        """Relay body bytes the parser no longer sees; bytes past the end go to the fresh
+        parser (an origin that sends more than it announced loses the connection, as it
+        does when llhttp finds them)."""
+        sink = self.sink
+        assert sink is not None
+        left = self.raw_left
+        rest = b""
+        down = sink.conn
+        down.cork()
+        try:
+            if len(data) <= left:
+                self.raw_left = left - len(data)
+                sink.upstream_response_body(data)
+            else:
+                self.raw_left = 0
+                sink.upstream_response_body(data[:left])
+                rest = data[left:]
+            if not self.raw_left:
+                self._complete(None)
+        finally:
+            down.uncork()
+        if rest:
+            self.data_received(rest)
 
     def on_message_complete(self) -> None:
         if self.interim:
