@@ -12,15 +12,32 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.support.clients import RawClient
 from tests.support.proxy import ProxyProcess
-from tests.test_review_findings import ScriptedOrigin, read_request_head, scripted  # noqa: F401
+from tests.test_review_findings import ScriptedOrigin, read_request_head
 from tests.upstream_helpers import cluster_stat, dfp_route, gateway, start_proxy, virtual_service
 
 ProxyFactory = Callable[..., ProxyProcess]
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedOrigin]]:
+    made: list[ScriptedOrigin] = []
+
+    def make(handler: Callable[[socket.socket], None]) -> ScriptedOrigin:
+        o = ScriptedOrigin(handler)
+        made.append(o)
+        return o
+
+    yield make
+    for o in made:
+        o.close()
+
 
 BIG = 300 * 1024 + 7  # several reads, and not a multiple of any buffer size
 

@@ -29,10 +29,10 @@ EARLY_LIMIT = HIGH_WATER
 # Envoy applies the same header-count limit to responses; llhttp bounds nothing itself.
 MAX_RESPONSE_HEADERS = 100
 
-# A body read at least this large, framed by Content-Length alone, is relayed without
-# llhttp from the next read on: llhttp hands every body piece over as a fresh copy, and for
-# bulk GET those copies (memcpy, plus brk for the big buffers) were most of the proxy's CPU
-# (py-spy --native). Smaller bodies stay with the parser: the small-request path is unchanged.
+# After a read at least this large in the middle of a body framed by Content-Length alone,
+# the rest of that body is relayed without llhttp: llhttp hands every body piece over as a
+# fresh copy, and for bulk GET those copies (memcpy, plus brk for the big buffers) were most
+# of the proxy's CPU (py-spy --native). Small responses stay with the parser.
 RAW_BODY_MIN = 16 * 1024
 
 CONNECTED, ACTIVE, IDLE, TUNNEL, CLOSED = "connected", "active", "idle", "tunnel", "closed"
@@ -89,7 +89,6 @@ class UpstreamConnection(asyncio.Protocol):
         "counted",
         "tls_name",
         "body_seen",
-        "body_length",
         "raw_left",
     )
 
@@ -119,7 +118,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.early_size = 0
         self.counted = False  # holds a slot of the connection circuit breaker
         self.body_seen = 0  # body bytes llhttp delivered for the current response
-        self.body_length = -1  # its Content-Length once a big read came (0: not raw-able)
         self.raw_left = 0  # > 0: body bytes still to relay without the parser
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -161,11 +159,8 @@ class UpstreamConnection(asyncio.Protocol):
         down.cork()
         try:
             self.parser.feed_data(data)
-            if self.body_length > self.body_seen and self.head_done and self.sink is not None:
-                # A big Content-Length body is under way: the rest goes around llhttp, and
-                # a fresh parser reads whatever follows it.
-                self.raw_left = self.body_length - self.body_seen
-                self.parser = httptools.HttpResponseParser(self)
+            if len(data) >= RAW_BODY_MIN and self.head_done and self.sink is not None:
+                self._maybe_raw_body()  # a big read, and a body still under way
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
@@ -224,7 +219,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.trailers = None
         self.head_done = False
         self.body_seen = 0
-        self.body_length = -1
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
@@ -265,11 +259,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None and not self.interim:
-            n = len(body)
-            self.body_seen += n
-            if n >= RAW_BODY_MIN and self.body_length < 0:
-                self.body_length = self._content_length()
+            self.body_seen += len(body)
             self.sink.upstream_response_body(body)
+
+    def _maybe_raw_body(self) -> None:
+        """Relay the rest of a Content-Length body around llhttp; a fresh parser reads
+        whatever follows it."""
+        left = self._content_length() - self.body_seen
+        if left > 0 and not self.interim:
+            self.raw_left = left
+            self.parser = httptools.HttpResponseParser(self)
 
     def _content_length(self) -> int:
         """The body's length when Content-Length alone frames it (one plain value, no
