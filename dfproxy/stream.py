@@ -33,10 +33,11 @@ from dfproxy.http.headers import (
     classify_response,
     encode_chunk,
     last_chunk,
+    request_head,
     serialize,
 )
 from dfproxy.http.local_reply import connect_established, http_date, local_reply
-from dfproxy.http.status import status_line
+from dfproxy.http.status import STATUS_LINES, status_line
 
 if TYPE_CHECKING:
     from dfproxy.cluster import DfpCluster
@@ -412,11 +413,7 @@ class Stream:
                 host_header = route.host_rewrite
             if route.prefix_rewrite is not None:
                 path = rewrite_prefix(path, self.matcher, route.prefix_rewrite)
-        head = serialize(
-            b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (self.method, path, host_header),
-            headers,
-            framing,
-        )
+        head = request_head(self.method, path, host_header, headers, framing)
         if self.attempt:
             assert self.replay is not None
             conn.write(head + b"".join(self.replay))  # a retry sends the same bytes again
@@ -466,6 +463,8 @@ class Stream:
 
     def request_complete(self, trailers: Headers | None) -> None:
         """The codec saw the end of the request."""
+        if self.request_done:
+            return  # bodiless: complete since its head, and acted on as such already
         self.request_done = True
         if self.req_collect is not None:
             self.req_collect.complete(self)
@@ -490,7 +489,8 @@ class Stream:
         conn = self.upstream
         assert conn is not None
         conn.request_done = True
-        self._arm_deadline()
+        if not self.deadline:  # usually armed by forward() already: no call then
+            self._arm_deadline()
         route = self.route
         if route is not None and route.retry is not None and route.retry.per_try_timeout:
             self.try_deadline = time.monotonic() + route.retry.per_try_timeout
@@ -667,7 +667,9 @@ class Stream:
             framing += KEEP_ALIVE
         self.resp_close = not keep
         # %BYTES_SENT% counts body bytes only (Envoy), so the head is not counted.
-        self.conn.write(serialize(status_line(status), headers, framing))
+        # The table lookup inline, status_line() for the rest: one call less per response.
+        line = STATUS_LINES.get(status) or status_line(status)
+        self.conn.write(serialize(line, headers, framing))
 
     def upstream_response_body(self, data: bytes) -> None:
         if self.resp_collect is not None:
@@ -951,8 +953,7 @@ class Stream:
                 pool.breakers.retries.release()
         self.deadline = 0.0
         conn = self.conn
-        status = self.resp_status
-        conn.count_response(status)
+        conn.listener.count_response(self.resp_status)  # not via conn: one call less
         if conn.access_log is not None:
             entry = self.log_entry()
             if self.route is not None:

@@ -283,6 +283,24 @@ class DnsCache:
         self._acquire_pending()
         return LOADING, info
 
+    def lookup(self, key: str) -> DnsHostInfo | None:
+        """load() for the common case, a hit: the entry, touched as load() touches it, when
+        load() would answer (IN_CACHE, entry); otherwise None, and the caller calls load().
+        No result tuple and no waiter (a bound method) built per request (bench/hotpath.py
+        under callgrind)."""
+        info = self.hosts.get(key)
+        if info is None or not info.resolved:
+            return None
+        cfg = self.config
+        if self.pending >= cfg.max_pending_requests or (
+            cfg.disable_dns_refresh_on_failure
+            and info.last_status not in ("success", "empty")
+            and not info.resolving
+        ):
+            return None
+        info.last_used = time.monotonic()
+        return info
+
     def cancel_wait(self, info: DnsHostInfo, waiter: Waiter) -> None:
         """Forget ``waiter`` (its request went away) and release its pending slot."""
         if info.waiters and waiter in info.waiters:

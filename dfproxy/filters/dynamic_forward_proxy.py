@@ -40,10 +40,10 @@ class DynamicForwardProxyFilter(HttpFilter):
         self.cache = cluster.dns_cache
         self.host_rewrite = host_rewrite
         self.host_rewrite_header = host_rewrite_header.lower() if host_rewrite_header else None
+        self.rewrites = host_rewrite is not None or host_rewrite_header is not None
 
     def on_request_headers(self, stream: Stream) -> int:
-        rewrites = self.host_rewrite is not None or self.host_rewrite_header is not None
-        if rewrites and not self._rewrite(stream):
+        if self.rewrites and not self._rewrite(stream):
             return STOP
         authority = stream.authority
         if authority is None:
@@ -65,6 +65,15 @@ class DynamicForwardProxyFilter(HttpFilter):
         if authority.is_ip:
             stream.host = self.cluster.ip_host(authority)
             return CONTINUE
+        info = self.cache.lookup(authority.key)
+        if info is not None:  # a hit, as load() would answer it
+            if not info.addresses:
+                stream.local_error(errors.DnsResolutionFailure(info.last_status))
+                return STOP
+            stream.host = info
+            return CONTINUE
+        # A numeric spelling never enters the cache (it is caught here on its first request),
+        # so checking it after the hit path costs cached names nothing.
         numeric = numeric_ipv4(authority.host)
         if numeric is not None:
             # 2130706433, 0177.0.0.1, 127.1: the address inet_aton reads, never a DNS name

@@ -103,7 +103,7 @@ class UpstreamPool:
         an address in this host's own list is ever used for it.
         """
         port = host.port
-        name = self.tls_name(host)
+        name = host.host if self.tls is not None else ""  # tls_name(), inline: one call less
         for ip, _ in host.addresses:
             conns = self.idle.get((ip, port, name))
             while conns:
@@ -253,7 +253,7 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Take ``conn`` back after a complete exchange; keep it idle if it can be reused."""
-        if not conn.reusable or self.closing or self.waiters:
+        if not conn.reusable() or self.closing or self.waiters:
             # With requests waiting at the connection limit, closing frees their slot.
             conn.close()
             return
