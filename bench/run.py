@@ -51,6 +51,7 @@ from harness.servers import (
 from harness.system import ensure_tools, machine_info, raise_nofile
 
 CORE_TOOLS = ("wrk", "curl", "taskset", "nginx")  # nginx: the origin
+POLICIES_TIMEOUT_S = 3600.0  # bench/policies.py bounds each of its own waits; this bounds all
 PEER_TOOLS = {"dfproxy": (), "nginx": ("nginx",), "squid": ("squid",), "haproxy": ("haproxy",)}
 
 
@@ -76,6 +77,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="arguments for `dfproxy run` (default: -c bench/peers/dfproxy-large-cache.yaml)",
     )
     p.add_argument("--no-install", action="store_true", help="never run apt-get")
+    p.add_argument(
+        "--no-policies", action="store_true", help="skip bench/policies.py (run at the end)"
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     return p.parse_args(argv)
@@ -275,7 +279,30 @@ def main(argv: Sequence[str]) -> int:
     md_path, json_path = write_results(args.results_dir, markdown, meta, runner.cells)
     print("\n" + markdown)
     print(f"wrote {md_path} and {json_path}")
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    if "dfproxy" in peers and not args.no_policies:
+        run_policies(args)
+    return 0
+
+
+def run_policies(args: argparse.Namespace) -> None:
+    """bench/policies.py, the policy filters' cost, with the same settings (its own report)."""
+    argv = [sys.executable, str(Path(__file__).parent / "policies.py")]
+    argv += ["--connections", str(args.connections), "--results-dir", str(args.results_dir)]
+    argv += ["--quick"] * args.quick + ["--no-install"] * args.no_install
+    for flag, value in (("--duration", args.duration), ("--warmup", args.warmup)):
+        if value is not None:
+            argv += [flag, str(value)]
+    print(f"\nrunning {shlex.join(argv[1:])}", flush=True)
+    child = subprocess.Popen(argv)
+    try:
+        code = child.wait(timeout=POLICIES_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        child.terminate()  # SIGTERM: policies.py stops what it started
+        code = child.wait(timeout=60)
+    if code:
+        print(f"bench/policies.py failed (exit {code}); see its output above", flush=True)
 
 
 def dfproxy_extras(quick: bool) -> str:

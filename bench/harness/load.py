@@ -44,6 +44,7 @@ class WrkResult:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    non_2xx: int | None = None  # counted by scripts with a response() hook (checked.lua)
 
     @property
     def rps(self) -> float:
@@ -78,6 +79,7 @@ def parse_wrk(stdout: str) -> WrkResult:
         p50_ms=d["p50_us"] / 1000,
         p90_ms=d["p90_us"] / 1000,
         p99_ms=d["p99_us"] / 1000,
+        non_2xx=d.get("non_2xx"),
     )
 
 

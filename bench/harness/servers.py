@@ -8,7 +8,7 @@ import pwd
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +68,7 @@ class Peer:
     proc: Proc
     unsupported: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    admin_port: int | None = None  # dfproxy's admin listener (/stats)
 
 
 def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -107,11 +108,17 @@ def _fail(proc: Proc, what: str) -> StartError:
     return StartError(f"{what} {state}: {proc.tail(4) or 'no output'}")
 
 
-def start_origin(procs: Procs, workdir: Path, big_mib: int) -> Origin:
+def start_origin(
+    procs: Procs, workdir: Path, big_mib: int, files: Mapping[str, bytes] | None = None
+) -> Origin:
+    """The origin nginx; `files` are served as they are under /files/NAME."""
     workdir.mkdir(parents=True)
     big = workdir / "big"
     with big.open("wb") as fh:
         fh.truncate(big_mib << 20)
+    (workdir / "files").mkdir()
+    for name, content in (files or {}).items():
+        (workdir / "files" / name).write_bytes(content)
     port = free_port()
     conf = render("nginx-origin.conf", workdir / "nginx.conf", {"DIR": workdir, "PORT": port})
     proc = procs.start(
@@ -165,7 +172,25 @@ def _start_dfproxy(
 
     if not wait_until(ready, proc, timeout=20.0):
         raise _fail(proc, "dfproxy")
-    return Peer("dfproxy", port, proc)
+    return Peer("dfproxy", port, proc, admin_port=admin)
+
+
+@dataclass
+class Redis:
+    address: str
+    proc: Proc
+
+
+def start_redis(procs: Procs, workdir: Path) -> Redis:
+    """A throw-away redis-server on a free loopback port (no persistence), on the load CPU."""
+    workdir.mkdir(parents=True)
+    port = free_port()
+    argv = [tool("redis-server"), "--bind", LOOPBACK, "--port", str(port), "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(workdir)]
+    proc = procs.start("redis", argv, log_path=workdir / "redis.log", cpu=LOAD_CPU)
+    if not wait_tcp(proc, LOOPBACK, port):
+        raise _fail(proc, "redis-server")
+    return Redis(f"{LOOPBACK}:{port}", proc)
 
 
 def _start_nginx(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Peer:

@@ -23,6 +23,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "nginx": ("nginx-light", "nginx"),
     "squid": ("squid",),
     "haproxy": ("haproxy",),
+    "redis-server": ("redis-server",),
 }
 
 
