@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dfproxy.http.headers import Headers
-from dfproxy.stream import rewrite_prefix
+from dfproxy.http.headers import Headers, manipulate
+from dfproxy.router import rewrite_prefix
 
 if TYPE_CHECKING:
     from dfproxy.cluster import DfpCluster
@@ -28,15 +28,7 @@ def _route_response_headers(stream: Stream, extra: Headers | None = None) -> Hea
     route = stream.route
     if route is None or not (route.response_headers_to_add or route.response_headers_to_remove):
         return extra
-    headers = [
-        (n, v) for n, v in (extra or []) if n.lower() not in route.response_headers_to_remove
-    ]
-    for name, value, append in route.response_headers_to_add:
-        if not append:
-            lname = name.lower()
-            headers = [(n, v) for n, v in headers if n.lower() != lname]
-        headers.append((name, value))
-    return headers
+    return manipulate(extra or [], route.response_headers_to_add, route.response_headers_to_remove)
 
 
 @dataclass(frozen=True)

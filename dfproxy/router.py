@@ -122,6 +122,19 @@ class Matcher:
         return True
 
 
+def rewrite_prefix(path: bytes, matcher: Matcher | None, replacement: str) -> bytes:
+    """Gloo prefixRewrite: replace the prefix the matching matcher matched (in any case when
+    the matcher is case-insensitive). Other matchers (exact, regex) leave the path alone."""
+    if matcher is None or matcher.prefix is None:
+        return path
+    n = len(matcher.prefix)
+    text = path.decode("latin-1")
+    head = text[:n] if matcher.case_sensitive else text[:n].lower()
+    if head != (matcher.prefix if matcher.case_sensitive else matcher.prefix.lower()):
+        return path
+    return (replacement + text[n:]).encode("latin-1")
+
+
 MATCH_ALL = Matcher(prefix="/")
 
 

@@ -33,11 +33,13 @@ from dfproxy.http.headers import (
     classify_response,
     encode_chunk,
     last_chunk,
+    manipulate,
     request_head,
     serialize,
 )
 from dfproxy.http.local_reply import connect_established, http_date, local_reply
 from dfproxy.http.status import STATUS_LINES, status_line
+from dfproxy.router import rewrite_prefix
 
 if TYPE_CHECKING:
     from dfproxy.cluster import DfpCluster
@@ -403,7 +405,7 @@ class Stream:
         route = self.route
         headers = req.forward
         if route is not None and (route.request_headers_to_add or route.request_headers_to_remove):
-            headers = _manipulate(
+            headers = manipulate(
                 headers, route.request_headers_to_add, route.request_headers_to_remove
             )
         host_header = self.host_header
@@ -628,7 +630,7 @@ class Stream:
             headers = self.resp_headers
             status = self.resp_status  # a filter may change the status (a transformation)
             if route.response_headers_to_add or route.response_headers_to_remove:
-                headers = _manipulate(
+                headers = manipulate(
                     headers, route.response_headers_to_add, route.response_headers_to_remove
                 )
         self.resp_headers = headers
@@ -995,32 +997,6 @@ class Stream:
             downstream_remote_address=self.conn.peer or None,
             proxy_user=user if isinstance(user, str) else None,
         )
-
-
-def rewrite_prefix(path: bytes, matcher: Matcher | None, replacement: str) -> bytes:
-    """Gloo prefixRewrite: replace the prefix the matching matcher matched (in any case when
-    the matcher is case-insensitive). Other matchers (exact, regex) leave the path alone."""
-    if matcher is None or matcher.prefix is None:
-        return path
-    n = len(matcher.prefix)
-    text = path.decode("latin-1")
-    head = text[:n] if matcher.case_sensitive else text[:n].lower()
-    if head != (matcher.prefix if matcher.case_sensitive else matcher.prefix.lower()):
-        return path
-    return (replacement + text[n:]).encode("latin-1")
-
-
-def _manipulate(
-    headers: Headers, add: list[tuple[bytes, bytes, bool]], remove: frozenset[bytes]
-) -> Headers:
-    """Gloo headerManipulation: remove by name, then add (append or replace)."""
-    out = [(n, v) for n, v in headers if n.lower() not in remove] if remove else list(headers)
-    for name, value, append in add:
-        if not append:
-            lname = name.lower()
-            out = [(n, v) for n, v in out if n.lower() != lname]
-        out.append((name, value))
-    return out
 
 
 __all__ = ["Stream", "http_date"]

@@ -314,3 +314,17 @@ def last_chunk(trailers: Headers | None) -> bytes:
     if not trailers:
         return b"0\r\n\r\n"
     return serialize(b"0\r\n", trailers)
+
+
+def manipulate(
+    headers: Headers, add: list[tuple[bytes, bytes, bool]], remove: frozenset[bytes]
+) -> Headers:
+    """Gloo headerManipulation: remove by name, then add (append, or replace every value
+    of that name). Returns a new list; ``headers`` is left alone."""
+    out = [(n, v) for n, v in headers if n.lower() not in remove] if remove else list(headers)
+    for name, value, append in add:
+        if not append:
+            lname = name.lower()
+            out = [(n, v) for n, v in out if n.lower() != lname]
+        out.append((name, value))
+    return out
