@@ -52,7 +52,13 @@ from harness.system import ensure_tools, machine_info, raise_nofile
 
 CORE_TOOLS = ("wrk", "curl", "taskset", "nginx")  # nginx: the origin
 POLICIES_TIMEOUT_S = 3600.0  # bench/policies.py bounds each of its own waits; this bounds all
-PEER_TOOLS = {"dfproxy": (), "nginx": ("nginx",), "squid": ("squid",), "haproxy": ("haproxy",)}
+PEER_TOOLS = {
+    "dfproxy": (),
+    "nginx": ("nginx",),
+    "squid": ("squid",),
+    "haproxy": ("haproxy",),
+    "bare": (),
+}
 
 
 def _csv(value: str) -> list[str]:

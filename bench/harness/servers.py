@@ -22,7 +22,7 @@ LOOPBACK = "127.0.0.1"
 DNS_HOST = "127.0.0.153"
 PROXY_CPU = 0
 LOAD_CPU = 1
-PEERS = ("dfproxy", "nginx", "squid", "haproxy")
+PEERS = ("dfproxy", "nginx", "squid", "haproxy", "bare")
 
 
 class StartError(Exception):
@@ -257,10 +257,25 @@ def _start_haproxy(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Pee
     return Peer("haproxy", port, proc, notes=notes)
 
 
+def _start_bare(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Peer:
+    """bench/peers/bare_forwarder.py: the budget, not a peer anyone runs (see its docstring)."""
+    port = free_port()
+    argv = [sys.executable, str(TEMPLATES / "bare_forwarder.py"), str(port), dns.address]
+    proc = procs.start("bare", argv, log_path=workdir / "out.log", cpu=PROXY_CPU, cwd=ROOT)
+    if not wait_tcp(proc, LOOPBACK, port):
+        raise _fail(proc, "bare")
+    unsupported = {
+        s: "the bare forwarder has no CONNECT, no origin-form and no streaming"
+        for s in ("keepalive-host", "connect-bulk", "get-bulk")
+    }
+    return Peer("bare", port, proc, unsupported)
+
+
 STARTERS = {
     "nginx": _start_nginx,
     "squid": _start_squid,
     "haproxy": _start_haproxy,
+    "bare": _start_bare,
 }
 
 
