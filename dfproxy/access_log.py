@@ -19,7 +19,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol
 
 FLUSH_INTERVAL = 1.0
 FLUSH_BYTES = 64 * 1024
@@ -90,6 +90,13 @@ def entry_dict(e: LogEntry) -> dict[str, object]:
 def format_json(e: LogEntry) -> str:
     """One JSON object per line, Envoy's command-operator names in lower case."""
     return json.dumps(entry_dict(e), separators=(",", ":")) + "\n"
+
+
+class LogSink(Protocol):
+    """Where a finished request's entry goes: the access log, or the dashboard's recent
+    requests while nobody configured a log (dfproxy.recent)."""
+
+    def log(self, entry: LogEntry) -> None: ...
 
 
 class AccessLog:

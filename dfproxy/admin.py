@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from dfproxy import __version__, clusters_view, stats_views
+from dfproxy import __version__, _native, clusters_view, stats_views
 from dfproxy.admin_http import AdminHttp, Query, Reply, arg
 from dfproxy.config.dump import config_dump, filter_names
 from dfproxy.recent import RECENT_ENTRIES, RateSeries, RecentRequests
@@ -164,6 +164,7 @@ class AdminServer(AdminHttp):
             "node": {"id": "dfproxy", "user_agent_name": "dfproxy"},
             "command_line_options": {"argv": sys.argv, "concurrency": 1},
             "config_version": self.server.config.version,
+            "hot_path": {"compiled": _native.active, "why": _native.reason},
         }
         return json_reply(info)
 

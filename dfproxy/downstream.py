@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import httptools
 
@@ -68,11 +68,11 @@ MAX_PIPELINED = 64
 class BadRequestError(Exception):
     """The request cannot be served; the message is the response body."""
 
-    status = 400
+    status: ClassVar[int] = 400
 
 
 class HeadTooLarge(BadRequestError):
-    status = 431
+    status: ClassVar[int] = 431
 
 
 class HttpConnection(asyncio.Protocol):
@@ -308,8 +308,8 @@ class HttpConnection(asyncio.Protocol):
                     authority = parse_authority_cached(host_header, self.listener.default_port)
             else:
                 path, host_header, authority, https_target = self._absolute_form(url)
-        except AuthorityError as exc:
-            raise BadRequestError(f"invalid host: {exc}") from None
+        except AuthorityError as err:  # not `exc`: mypyc types a name by its first binding
+            raise BadRequestError(f"invalid host: {err}") from None
         except UnicodeDecodeError:
             raise BadRequestError("invalid host") from None
         stream = Stream(

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from dfproxy.access_log import AccessLog
+from dfproxy.access_log import LogSink
 from dfproxy.downstream import HttpConnection
 from dfproxy.ratelimit.connection_limit import ConnectionLimiter
 from dfproxy.stats import StatsStore
@@ -55,7 +56,7 @@ class Listener:
         loop: asyncio.AbstractEventLoop,
         routes: RouteTable,
         stats: StatsStore,
-        access_log: AccessLog | None,
+        access_log: LogSink | None,
         default_port: int = 80,
         use_proxy_protocol: bool = False,
     ) -> None:
@@ -161,7 +162,8 @@ class Listener:
         )
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-        sockets = self.server.sockets
+        server: Any = self.server  # uvloop's sockets are a list, typeshed says tuple (mypyc checks)
+        sockets: Sequence[socket.socket] = server.sockets
         bound = int(sockets[0].getsockname()[1]) if sockets else port
         self.own_ports.add(bound)
         self.own_endpoints.add((host, bound))

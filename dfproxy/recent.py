@@ -82,9 +82,9 @@ class RecentRequests:
 def _plug(listener: Listener, sink: RecentRequests | None) -> None:
     """Set the access log of ``listener`` and of its open connections (each connection
     keeps its own reference, read once per request)."""
-    listener.access_log = sink  # type: ignore[assignment]
+    listener.access_log = sink
     for conn in listener.connections:
-        conn.access_log = sink  # type: ignore[assignment]
+        conn.access_log = sink
 
 
 # Columns of one sample: the epoch second, then requests finished in that second by class.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dfproxy import tasks
+from dfproxy import _native, tasks
 from dfproxy.access_log import FLUSH_INTERVAL, AccessLog
 from dfproxy.admin import AdminServer
 from dfproxy.config.model import ProxyConfig
@@ -110,6 +110,9 @@ class Server:
             host, port = self.settings.admin
             ports["admin"] = await self.admin.start(host, port)
             log.info("admin on %s:%d", host, ports["admin"])
+        log.info(
+            "hot path %s (%s)", "compiled" if _native.active else "interpreted", _native.reason
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         if self.settings.loader is not None:

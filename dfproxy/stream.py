@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qsl
 
 from dfproxy import filters as F
@@ -602,7 +602,9 @@ class Stream:
     # -- response path (called by the upstream connection) ------------------------------------
 
     def upstream_response_head(self, status: int, reason: bytes, raw: Headers) -> None:
-        self.resp_collect = None  # a retried attempt's filters decide again
+        # A retried attempt's filters decide again. The cast keeps mypy from narrowing the
+        # attribute to None for the rest of this method (a filter sets it; mypyc checks).
+        self.resp_collect = cast("ResponseBodyBuffer | None", None)
         try:
             resp = classify_response(raw)
         except ValueError as exc:

@@ -13,6 +13,11 @@ Fixtures (all function-scoped, all torn down and joined at the end of the test):
 
 Tests that use ``proxy`` or ``proxy_factory`` get the ``proxy`` marker (deselect them with
 ``-m "not proxy"``); they are skipped while ``dfproxy/__main__.py`` does not exist.
+
+The suite runs against the mypyc-compiled hot path when it is built (dfproxy/_native.py),
+and ``make test`` runs a second pass with ``DFPROXY_PURE=1``: tests marked ``interpreted``
+replace a method of a hot-path object to catch a moment in time, which compiled classes do
+not allow, so they run in that pass only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from dfproxy import _native
 from tests.support.dns_server import DNSTestServer
 from tests.support.origin import OriginServer, TcpEchoServer
 from tests.support.proxy import EVENT_LOOPS, ProxyProcess, dfproxy_runnable
@@ -34,11 +40,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "proxy: runs the dfproxy subprocess (proxy / proxy_factory fixtures)"
     )
+    config.addinivalue_line(
+        "markers",
+        "interpreted: patches a hot-path method; runs only with the interpreted hot path",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    state = "compiled" if _native.active else "interpreted"
+    return f"dfproxy hot path: {state} ({_native.reason})"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     runnable = dfproxy_runnable()
     for item in items:
+        if _native.active and item.get_closest_marker("interpreted") is not None:
+            item.add_marker(pytest.mark.skip(reason="compiled hot path: runs with DFPROXY_PURE=1"))
         if PROXY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.proxy)
             if not runnable:

@@ -611,6 +611,7 @@ def test_backoff_strategy_bounds() -> None:
     assert min(draws) < 0.2 and max(draws) > 0.8
 
 
+@pytest.mark.interpreted
 def test_failure_backoff_in_the_cache_and_reset_on_success(dns_server: DNSTestServer) -> None:
     """Failures retry within [0, base), [0, 2·base) … [0, max); a success resets it."""
     name = "flaky.test"

@@ -80,6 +80,7 @@ def test_fetch_times_out(dns_server: DNSTestServer, origin: OriginServer) -> Non
     _run(dns_server, body)
 
 
+@pytest.mark.interpreted
 def test_a_call_cancelled_as_its_connection_arrives_gives_the_connection_back(
     dns_server: DNSTestServer, origin: OriginServer
 ) -> None:

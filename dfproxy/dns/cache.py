@@ -390,9 +390,10 @@ class DnsCache:
         except asyncio.CancelledError:
             info.resolving = False
             raise
-        except Exception as exc:  # a resolver bug must not leave waiters hanging
+        except Exception as bug:  # a resolver bug must not leave waiters hanging
+            # (one name per except type: mypyc types a name by its first binding)
             log.exception("resolver error for %s", info.key)
-            self._finish(info, None, f"resolver_error:{type(exc).__name__}")
+            self._finish(info, None, f"resolver_error:{type(bug).__name__}")
         else:
             self._finish(info, result, None)
 

@@ -11,6 +11,7 @@ pool's idle list; a CLOSED connection is never handed out again.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from dfproxy.dns.cache import DnsHostInfo
     from dfproxy.upstream.pool import UpstreamPool
 
+
+log = logging.getLogger("dfproxy.upstream")
 
 # Bytes an origin may send before its stream attaches (server-first protocols) before we stop
 # reading from it.
@@ -164,6 +167,11 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            # A callback's own exception arrives wrapped; ValueError is a limit (told below).
+            internal = isinstance(exc, httptools.HttpParserCallbackError) and cause is not None
+            if internal and not isinstance(cause, ValueError):
+                log.error("internal error reading from %s", self.address, exc_info=cause)
             sink = self.sink
             self.close()
             if sink is not None:

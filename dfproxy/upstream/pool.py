@@ -225,9 +225,9 @@ class UpstreamPool:
             self.st_cx_connect_timeout.value += 1
             callback(None, "timeout")
             return
-        except OSError as exc:
+        except OSError as err:  # not `exc`: mypyc types a name by its first binding
             self._connect_failed(host)
-            callback(None, exc.strerror or str(exc))
+            callback(None, err.strerror or str(err))
             return
         if conn.state == CLOSED or conn.transport is None:
             # The origin closed it between connection_made and here: a failed connect, and
