@@ -265,8 +265,8 @@ def _start_bare(procs: Procs, workdir: Path, origin: Origin, dns: Dns) -> Peer:
     if not wait_tcp(proc, LOOPBACK, port):
         raise _fail(proc, "bare")
     unsupported = {
-        s: "the bare forwarder has no CONNECT, no origin-form and no streaming"
-        for s in ("keepalive-host", "connect-bulk", "get-bulk")
+        s: "the bare forwarder has no CONNECT, origin-form, Connection: close or streaming"
+        for s in ("keepalive-host", "new-connection", "connect-bulk", "get-bulk")
     }
     return Peer("bare", port, proc, unsupported)
 
