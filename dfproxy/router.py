@@ -11,12 +11,22 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dfproxy.filters import FilterChain
 
-if TYPE_CHECKING:
-    from dfproxy.stream import Stream
+
+class Routable(Protocol):
+    """What route matching reads of a request (dfproxy.stream.Stream; tests pass stand-ins)."""
+
+    is_connect: bool
+    method: bytes
+    matcher: Matcher | None  # set by select(): the matcher that matched (prefixRewrite)
+
+    def path_only(self) -> str: ...
+    def query_params(self) -> dict[str, str]: ...
+    def request_header_joined(self, lname: bytes) -> bytes | None: ...
+    def route_host(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -27,7 +37,7 @@ class HeaderMatcher:
     invert: bool = False
     _pattern: re.Pattern[str] | None = None
 
-    def matches(self, stream: Stream) -> bool:
+    def matches(self, stream: Routable) -> bool:
         """Envoy HeaderUtility::matchHeaders: repeated headers are matched joined by ",";
         an absent header matches only an inverted presence matcher."""
         raw = stream.request_header_joined(self.name)
@@ -85,7 +95,7 @@ class Matcher:
         )
         object.__setattr__(self, "any_request", trivial)
 
-    def matches(self, stream: Stream) -> bool:
+    def matches(self, stream: Routable) -> bool:
         if self.any_request:
             return not stream.is_connect
         if self.connect:
@@ -199,7 +209,7 @@ class Route:
             or self.response_headers_to_remove
         )
 
-    def matches(self, stream: Stream) -> bool:
+    def matches(self, stream: Routable) -> bool:
         # A plain loop: any() over a generator allocates on every request.
         for m in self.matchers:  # noqa: SIM110
             if m.matches(stream):
@@ -224,7 +234,7 @@ class VirtualHost:
             if not all(m.connect for m in route.matchers):
                 break  # a route that may match plain requests: the scan would stop here
 
-    def select(self, stream: Stream) -> Route | None:
+    def select(self, stream: Routable) -> Route | None:
         catch_all = self.catch_all
         if catch_all is not None and not stream.is_connect:
             stream.matcher = catch_all[1]
@@ -289,7 +299,7 @@ class RouteTable:
                         return vh
         return self.default
 
-    def select(self, stream: Stream) -> Route | None:
+    def select(self, stream: Routable) -> Route | None:
         catch_all = self.catch_all
         if catch_all is not None and not stream.is_connect:
             stream.matcher = catch_all[1]
