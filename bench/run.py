@@ -215,8 +215,17 @@ def _meta(
             f"{settings.bulk_runs} runs after one warm-up run"
         ),
         "dns": dns.address if dns else "not started",
+        "hot_path": _hot_path(),
         "origin_port": origin.port if origin else None,
     }
+
+
+def _hot_path() -> str:
+    """dfproxy's hot path as the proxy under test will load it (dfproxy/_native.py)."""
+    from dfproxy import _native
+
+    active, why = _native.check()
+    return f"{'compiled' if active else 'interpreted'} ({why})"
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -164,6 +164,7 @@ def _meta_lines(meta: dict[str, object]) -> list[str]:
         f"- Load average before the run: {meta['loadavg']}",
         f"- Load: {meta['load']}",
         f"- DNS server: {meta['dns']}",
+        f"- dfproxy hot path: {meta.get('hot_path', 'not recorded')}",
         "- Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()),
     ]
 
