@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, Final, cast
 
 import httptools
 
@@ -53,16 +53,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dfproxy.downstream")
 
-HTTP, STOPPED, TUNNEL, CLOSED = "http", "stopped", "tunnel", "closed"
-PROXY_HEADER = "proxy-header"  # useProxyProto: waiting for the PROXY protocol header
+HTTP: Final = "http"
+STOPPED: Final = "stopped"
+TUNNEL: Final = "tunnel"
+CLOSED: Final = "closed"
+PROXY_HEADER: Final = "proxy-header"  # useProxyProto: waiting for the PROXY protocol header
 
 
 # Envoy's defaults: max_request_headers_kb 60, max_headers_count 100. A client cannot make the
 # proxy buffer an endless head; past either limit the answer is 431 and the connection closes.
-MAX_HEAD_BYTES = 60 * 1024
-MAX_HEADERS = 100
+MAX_HEAD_BYTES: Final = 60 * 1024
+MAX_HEADERS: Final = 100
 # Requests parsed ahead of their turn (pipelining); more is abuse, not a client's need.
-MAX_PIPELINED = 64
+MAX_PIPELINED: Final = 64
 
 
 class BadRequestError(Exception):

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Final
 
 # Per-transport write buffer limits. asyncio's default high-water mark is 64 KiB; 256 KiB
 # keeps bulk CONNECT throughput near direct while bounding memory per connection.
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+HIGH_WATER: Final = 256 * 1024
+LOW_WATER: Final = 64 * 1024
 
 # Reasons to stop reading a transport (bit flags).
-PEER_BACKPRESSURE = 1
-PIPELINE_QUEUE = 2
-BODY_BUFFER = 4
+PEER_BACKPRESSURE: Final = 1
+PIPELINE_QUEUE: Final = 2
+BODY_BUFFER: Final = 4
 
 
 def set_nodelay(transport: asyncio.Transport) -> None:

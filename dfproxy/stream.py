@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import parse_qsl
 
 from dfproxy import filters as F
@@ -52,19 +52,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dfproxy.stream")
 
-QUEUED, FILTERING, CONNECTING, FORWARDING, RESPONDING, TUNNEL, DONE = range(7)
+# Final: mypyc compiles them to constants (a tuple unpack would be a globals lookup per use).
+QUEUED: Final = 0
+FILTERING: Final = 1
+CONNECTING: Final = 2
+FORWARDING: Final = 3
+RESPONDING: Final = 4
+TUNNEL: Final = 5
+DONE: Final = 6
 
 # A request body longer than this is streamed without a copy and is not retried (issue #5:
 # "a request whose body was already streamed past the replay buffer is not retried").
-REPLAY_LIMIT = 64 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 # After a local reply, up to this much of the request body is still read and dropped so the
 # connection survives; more than that, or an unknown length, and the connection closes.
-DISCARD_LIMIT = 1024 * 1024
+DISCARD_LIMIT: Final = 1024 * 1024
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-CHUNKED = b"transfer-encoding: chunked\r\n"
-CLOSE = b"connection: close\r\n"
-KEEP_ALIVE = b"connection: keep-alive\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+CHUNKED: Final = b"transfer-encoding: chunked\r\n"
+CLOSE: Final = b"connection: close\r\n"
+KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
 
 
 class Stream:

@@ -12,14 +12,14 @@ only the filters that implement it, so a hook nobody implements costs one empty-
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from dfproxy.access_log import LogEntry
     from dfproxy.stream import Stream
 
-CONTINUE = 0
-STOP = 1  # paused (the filter resumes the stream later) or answered locally
+CONTINUE: Final = 0
+STOP: Final = 1  # paused (the filter resumes the stream later) or answered locally
 
 
 class HttpFilter:

@@ -6,7 +6,7 @@ names in their original case. One pass per message; the codec calls them at head
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -110,10 +110,18 @@ def _content_length(value: bytes, current: int | None) -> int:
 # Header name -> what the proxy does with it, memoised by the exact bytes received. Most
 # traffic repeats a few spellings ("Content-Length", "content-length"), so the .lower() and
 # the set lookups happen once per spelling, not once per header (bench/hotpath.py).
-PLAIN, LENGTH, TRANSFER, CONNECTION, UPGRADE, HOST, EXPECT, HOP, PROXY_AUTH = range(9)
+PLAIN: Final = 0
+LENGTH: Final = 1
+TRANSFER: Final = 2
+CONNECTION: Final = 3
+UPGRADE: Final = 4
+HOST: Final = 5
+EXPECT: Final = 6
+HOP: Final = 7
+PROXY_AUTH: Final = 8
 # Proxy-Connection lists tokens like Connection in requests; a response's is only dropped.
 # Its own kind spares classify_response a .lower() per Connection header.
-PROXY_CONNECTION = 9
+PROXY_CONNECTION: Final = 9
 _KINDS = {
     b"content-length": LENGTH,
     b"transfer-encoding": TRANSFER,
@@ -125,7 +133,7 @@ _KINDS = {
     b"proxy-authorization": PROXY_AUTH,
 }
 _kind_cache: dict[bytes, int] = {}
-_KIND_CACHE_MAX = 4096
+_KIND_CACHE_MAX: Final = 4096
 # The classifiers below read _kind_cache[name] and fall back to header_kind() on KeyError: a
 # subscript is specialised by CPython, dict.get() is a method call (with the PLAIN-first
 # test and the inline Content-Length: -27 % instructions in classify_response, -24 % in

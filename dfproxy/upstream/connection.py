@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
@@ -27,18 +27,22 @@ log = logging.getLogger("dfproxy.upstream")
 
 # Bytes an origin may send before its stream attaches (server-first protocols) before we stop
 # reading from it.
-EARLY_LIMIT = HIGH_WATER
+EARLY_LIMIT: Final = HIGH_WATER
 
 # Envoy applies the same header-count limit to responses; llhttp bounds nothing itself.
-MAX_RESPONSE_HEADERS = 100
+MAX_RESPONSE_HEADERS: Final = 100
 
 # After a read at least this large in the middle of a body framed by Content-Length alone,
 # the rest of that body is relayed without llhttp: llhttp hands every body piece over as a
 # fresh copy, and for bulk GET those copies (memcpy, plus brk for the big buffers) were most
 # of the proxy's CPU (py-spy --native). Small responses stay with the parser.
-RAW_BODY_MIN = 16 * 1024
+RAW_BODY_MIN: Final = 16 * 1024
 
-CONNECTED, ACTIVE, IDLE, TUNNEL, CLOSED = "connected", "active", "idle", "tunnel", "closed"
+CONNECTED: Final = "connected"
+ACTIVE: Final = "active"
+IDLE: Final = "idle"
+TUNNEL: Final = "tunnel"
+CLOSED: Final = "closed"
 
 
 class Corkable(Protocol):
