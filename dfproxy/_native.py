@@ -33,6 +33,7 @@ MANIFEST = PACKAGE_DIR / "_native.json"
 # Everything a proxied request runs through (measured with bench/hotpath.py and py-spy).
 COMPILED = (
     "dfproxy.access_log",
+    "dfproxy.cluster",
     "dfproxy.downstream",
     "dfproxy.dns.cache",
     "dfproxy.filters.dynamic_forward_proxy",

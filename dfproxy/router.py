@@ -208,6 +208,13 @@ class Route:
             or self.response_headers_to_add
             or self.response_headers_to_remove
         )
+        # The same for the forwarded request head (one attribute read instead of four).
+        self.plain_request = not (
+            self.request_headers_to_add
+            or self.request_headers_to_remove
+            or self.host_rewrite is not None
+            or self.prefix_rewrite is not None
+        )
 
     def matches(self, stream: Routable) -> bool:
         # A plain loop: any() over a generator allocates on every request.

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 import time
+from time import monotonic  # a global, not a module attribute read per call (mypyc)
 from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import parse_qsl
 
@@ -171,7 +172,7 @@ class Stream:
         self.resp_chunked = False
         self.resp_no_body = False
         self.resp_close = False
-        self.start = time.monotonic()
+        self.start = monotonic()
         self.deadline = 0.0  # route timeout, checked by the listener's sweep (0: none)
         self.active_at = self.start  # last byte either way (coarse clock): stream idle timeout
         self.bytes_in = 0
@@ -390,7 +391,7 @@ class Stream:
         self.upstream = conn
         self.upstream_address = conn.address
         self.state = FORWARDING
-        self.sent_at = time.monotonic()
+        self.sent_at = monotonic()
         if not conn.attach(self, self.method == b"HEAD"):
             self.upstream = None
             if not self._maybe_retry(connect_failure=False):
@@ -411,13 +412,13 @@ class Stream:
             framing += b"connection: upgrade\r\nupgrade: " + self.upgrade + b"\r\n"
         route = self.route
         headers = req.forward
-        if route is not None and (route.request_headers_to_add or route.request_headers_to_remove):
-            headers = manipulate(
-                headers, route.request_headers_to_add, route.request_headers_to_remove
-            )
         host_header = self.host_header
         path = self.path
-        if route is not None:
+        if route is not None and not route.plain_request:
+            if route.request_headers_to_add or route.request_headers_to_remove:
+                headers = manipulate(
+                    headers, route.request_headers_to_add, route.request_headers_to_remove
+                )
             if route.host_rewrite is not None:
                 host_header = route.host_rewrite
             if route.prefix_rewrite is not None:
@@ -502,7 +503,7 @@ class Stream:
             self._arm_deadline()
         route = self.route
         if route is not None and route.retry is not None and route.retry.per_try_timeout:
-            self.try_deadline = time.monotonic() + route.retry.per_try_timeout
+            self.try_deadline = monotonic() + route.retry.per_try_timeout
 
     def _arm_deadline(self) -> None:
         """Envoy's route timeout runs from the end of the request, whether or not a
@@ -515,7 +516,7 @@ class Stream:
         if timeout:
             # A request without a body ends as it starts: no second clock read.
             bodiless = self.req.content_length is None and not self.req.chunked
-            self.deadline = (self.start if bodiless else time.monotonic()) + timeout
+            self.deadline = (self.start if bodiless else monotonic()) + timeout
 
     # -- retries ------------------------------------------------------------------------------
 
@@ -944,7 +945,7 @@ class Stream:
             self.conn.flow.resume(BODY_BUFFER)
         if not was_tunnel:
             # Envoy's downstream_rq_time / upstream_rq_time histograms, in ms.
-            now = time.monotonic()
+            now = monotonic()
             self.conn.listener.st_rq_time.record((now - self.start) * 1000.0)
             if self.sent_at and self.pool is not None and self.resp_status:
                 self.pool.st_rq_time.record((now - self.sent_at) * 1000.0)
@@ -986,7 +987,7 @@ class Stream:
         host = self.host
         user = self.filter_state.get("proxy_user") if self.filter_state else None
         return LogEntry(
-            start_time=time.time() - (time.monotonic() - self.start),
+            start_time=time.time() - (monotonic() - self.start),
             method=self.method.decode("latin-1"),
             path="" if self.is_connect else self.path.decode("latin-1"),
             protocol="HTTP/1.1" if self.version_11 else "HTTP/1.0",
@@ -994,7 +995,7 @@ class Stream:
             flags=self.flags,
             bytes_received=self.bytes_in,
             bytes_sent=self.bytes_out,
-            duration_ms=int((time.monotonic() - self.start) * 1000),
+            duration_ms=int((monotonic() - self.start) * 1000),
             forwarded_for=forwarded_for,
             user_agent=user_agent,
             request_id=request_id,

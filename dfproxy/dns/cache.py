@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from dfproxy.dns.resolver import V4_PREFERRED, Address, DnsError, Resolution, Resolver
 from dfproxy.stats import StatsStore
@@ -32,10 +33,10 @@ from dfproxy.tasks import spawn
 log = logging.getLogger("dfproxy.dns_cache")
 
 # load() results
-IN_CACHE = 0
-LOADING = 1
-OVERFLOW = 2
-PENDING_OVERFLOW = 3
+IN_CACHE: Final = 0
+LOADING: Final = 1
+OVERFLOW: Final = 2
+PENDING_OVERFLOW: Final = 3
 
 
 @dataclass
