@@ -251,6 +251,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.head_done = True
         status = self.parser.get_status_code()
+        if status < 100:
+            # llhttp takes any three digits; "HTTP/1.1 0" would go downstream (Envoy resets).
+            raise ValueError(f"invalid response status {status}")
         self.status = status
         if 100 <= status < 200 and status != 101:
             # Interim responses are not forwarded (Envoy answers 100-continue itself).
