@@ -73,7 +73,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per measured run (default 10)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up per cell (default 2)")
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--big-mib", type=int, default=256, help="size of /big for the bulk runs")
+    p.add_argument("--big-mib", type=int, default=2048, help="size of /big for the bulk runs (MiB)")
     p.add_argument(
         "--dfproxy-args",
         type=shlex.split,
