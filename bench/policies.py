@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import statistics
@@ -75,7 +74,7 @@ from harness.servers import (
     start_peer,
     start_redis,
 )
-from harness.system import ensure_tools, machine_info, raise_nofile
+from harness.system import command_line, ensure_tools, machine_info, raise_nofile
 
 TOOLS = ("wrk", "curl", "taskset", "nginx", "redis-server")
 CURL_TIMEOUT_S = 10
@@ -412,7 +411,7 @@ def main(argv: Sequence[str]) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     compare(rows)
     meta = {
-        "command": shlex.join(["bench/policies.py", *argv]),
+        "command": command_line("bench/policies.py", argv),
         "started": started,
         "elapsed_s": time.monotonic() - t0,
         "loadavg": loadavg,

@@ -48,7 +48,7 @@ from harness.servers import (
     start_origin,
     start_peer,
 )
-from harness.system import ensure_tools, machine_info, raise_nofile
+from harness.system import command_line, ensure_tools, machine_info, raise_nofile
 
 CORE_TOOLS = ("wrk", "curl", "taskset", "nginx")  # nginx: the origin
 POLICIES_TIMEOUT_S = 3600.0  # bench/policies.py bounds each of its own waits; this bounds all
@@ -202,7 +202,7 @@ def _meta(
     args: argparse.Namespace, settings: Settings, origin: Origin | None, dns: Dns | None
 ) -> dict[str, object]:
     return {
-        "command": shlex.join(["bench/run.py", *sys.argv[1:]]),
+        "command": command_line("bench/run.py", sys.argv[1:]),
         "machine": machine_info(),
         "settings": vars(settings) | {"big_mib": args.big_mib},
         "pinning": (

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 APT_TIMEOUT_S = 900
@@ -133,6 +134,19 @@ def tool_version(argv: list[str]) -> str:
     for cut in (" (", " - ", " Copyright", " [epoll]"):
         line = line.split(cut)[0]
     return line.removeprefix("nginx version: ")
+
+
+def command_line(script: str, argv: Sequence[str]) -> str:
+    """How a report names the command that made it: paths inside the repository relative to
+    it, so a committed result carries no machine's directory."""
+    root = Path(__file__).resolve().parents[2]
+    args = []
+    for arg in argv:
+        path = Path(arg)
+        if path.is_absolute() and path.is_relative_to(root):
+            arg = str(path.relative_to(root))
+        args.append(arg)
+    return shlex.join([script, *args])
 
 
 def machine_info() -> dict[str, object]:
