@@ -17,25 +17,20 @@ from pathlib import Path
 
 from dfproxy._native import (
     COMPILED,
+    GROUP,
     MANIFEST,
     ROOT,
-    _built_hashes,
-    _extension_present,
+    build_problem,
     check,
     extensions,
     source_hashes,
     source_path,
-    stray_extensions,
 )
-
-GROUP = "dfproxy._hotpath"  # the shared library lands in the package: dfproxy/_hotpath__mypyc
 
 
 def build(require: bool) -> int:
     """Compile COMPILED in place unless the manifest matches the sources already."""
-    current = source_hashes()
-    fresh = all(_extension_present(m) for m in COMPILED) and not stray_extensions()
-    if _built_hashes() == current and fresh:
+    if build_problem() is None:
         print("dfproxy: compiled hot path is up to date")
         return 0
     try:
@@ -43,6 +38,7 @@ def build(require: bool) -> int:
         from setuptools import setup
     except ImportError as exc:
         return _build_failed(f"mypyc or setuptools missing ({exc})", require)
+    current = source_hashes()
     MANIFEST.unlink(missing_ok=True)
     for old in extensions():
         old.unlink()  # an earlier build's, possibly of modules no longer in the list

@@ -48,6 +48,10 @@ COMPILED = (
     "dfproxy.upstream.pool",
 )
 
+# mypyc's shared library for the group: dfproxy/_hotpath__mypyc.<abi>.so, in the package.
+GROUP = "dfproxy._hotpath"
+SHARED_LIB = "_hotpath__mypyc"
+
 # Set by select(): whether the compiled modules are in use, and if not, why.
 active = False
 reason = "not selected yet"
@@ -61,7 +65,8 @@ def source_hashes() -> dict[str, str]:
     return {m: hashlib.sha256(source_path(m).read_bytes()).hexdigest() for m in COMPILED}
 
 
-def _built_hashes() -> dict[str, str] | None:
+def built_hashes() -> dict[str, str] | None:
+    """The source hashes the last build recorded, or None (no build, or a broken record)."""
     try:
         data = json.loads(MANIFEST.read_text())
     except (OSError, ValueError):
@@ -70,36 +75,8 @@ def _built_hashes() -> dict[str, str] | None:
     return hashes if isinstance(hashes, dict) else None
 
 
-def _extension_present(module: str) -> bool:
-    base = source_path(module).with_suffix("")
-    return any(
-        base.with_name(base.name + suffix).exists()
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES
-    )
-
-
-def check() -> tuple[bool, str]:
-    """(whether the compiled modules may be used, why)."""
-    if os.environ.get("DFPROXY_PURE", "") not in ("", "0"):
-        return False, "DFPROXY_PURE is set"
-    built = _built_hashes()
-    if built is None:
-        return False, "not built (python -m dfproxy._build_native)"
-    missing = [m for m in COMPILED if not _extension_present(m)]
-    if missing:
-        return False, f"no compiled module for {missing[0]}"
-    stray = stray_extensions()
-    if stray:
-        return False, f"{stray[0].relative_to(ROOT)} is not in the compiled list"
-    current = source_hashes()
-    stale = [m for m in COMPILED if built.get(m) != current[m]]
-    if stale:
-        return False, f"{source_path(stale[0]).relative_to(ROOT)} changed since the build"
-    return True, "compiled with mypyc"
-
-
 def extensions() -> list[Path]:
-    """Every extension module in the package (all of them are this build's)."""
+    """Every extension module in the package (all of them are a build's)."""
     found = {
         p
         for suffix in importlib.machinery.EXTENSION_SUFFIXES
@@ -108,15 +85,33 @@ def extensions() -> list[Path]:
     return sorted(found)
 
 
-def stray_extensions() -> list[Path]:
-    """Extensions left by an earlier build for a module no longer compiled."""
-    expected = {source_path(m).with_suffix("") for m in COMPILED}
-    return [
-        p
-        for p in extensions()
-        if p.with_name(p.name.split(".", 1)[0]) not in expected
-        and not p.name.startswith("_hotpath__mypyc.")
-    ]
+def build_problem() -> str | None:
+    """Why the compiled modules on disk are not a build of these sources, or None."""
+    built = built_hashes()
+    if built is None:
+        return "not built (python -m dfproxy._build_native)"
+    # foo.cpython-311-x86_64-linux-gnu.so -> foo, beside foo.py
+    present = {p.with_name(p.name.split(".", 1)[0]): p for p in extensions()}
+    expected = {source_path(m).with_suffix(""): m for m in COMPILED}
+    missing = [m for base, m in expected.items() if base not in present]
+    if missing:
+        return f"no compiled module for {missing[0]}"
+    stray = [p for b, p in present.items() if b not in expected and b.name != SHARED_LIB]
+    if stray:
+        return f"{stray[0].relative_to(ROOT)} is not in the compiled list"
+    current = source_hashes()
+    stale = [m for m in COMPILED if built.get(m) != current[m]]
+    if stale:
+        return f"{source_path(stale[0]).relative_to(ROOT)} changed since the build"
+    return None
+
+
+def check() -> tuple[bool, str]:
+    """(whether the compiled modules may be used, why)."""
+    if os.environ.get("DFPROXY_PURE", "") not in ("", "0"):
+        return False, "DFPROXY_PURE is set"
+    problem = build_problem()
+    return (False, problem) if problem else (True, "compiled with mypyc")
 
 
 class _SourceFirst(importlib.abc.MetaPathFinder):
